@@ -1,0 +1,1 @@
+"""The SQL database: ORM classes, sessions and Alembic migrations."""

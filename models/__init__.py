@@ -1,0 +1,1 @@
+"""Machine-learning models: image decoding, lung segmentation, the pneumonia classifier, training."""

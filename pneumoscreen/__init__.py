@@ -1,0 +1,3 @@
+"""pneumoscreen: pneumonia screening for chest X-rays."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from pneumoscreen.cli import main
+
+main()

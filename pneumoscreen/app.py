@@ -1,0 +1,78 @@
+"""The one factory: builds the Flask app (portal, API) and its Celery app for every entry point."""
+import logging
+from dataclasses import dataclass
+from typing import Mapping
+
+from celery import Celery, Task
+from flask import Flask
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import make_engine, make_session_factory
+from pneumoscreen.settings import Settings
+from pneumoscreen.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What request handlers and tasks share: settings, database, storage, queue."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+    celery: Celery
+
+
+def create_app(overrides: Mapping[str, object] | None = None, settings: Settings | None = None) -> Flask:
+    """Build the app from the environment (or `settings`), with `overrides` for tests."""
+    settings = (settings or Settings.from_env()).with_overrides(overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Flask("pneumoscreen", template_folder="../web/templates", static_folder="../web/static")
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_upload_mb * 1024 * 1024,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        REMEMBER_COOKIE_SECURE=settings.secure_cookies,
+    )
+    engine = make_engine(settings.database_url)
+    app.extensions["pneumoscreen"] = Services(
+        settings=settings, engine=engine, sessions=make_session_factory(engine),
+        storage=Storage(settings.storage_dir), celery=_celery(app, settings))
+
+    from web import init_web
+
+    init_web(app)
+    return app
+
+
+def _celery(app: Flask, settings: Settings) -> Celery:
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.name, task_cls=FlaskTask, include=["worker.tasks"])
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        task_default_queue="screening",
+        # A batch of 32 full-size films takes seconds; an hour means "the worker died".
+        broker_transport_options={"visibility_timeout": 3600},
+    )
+    if settings.embedded:
+        folder = str(settings.broker_dir)
+        settings.broker_dir.mkdir(parents=True, exist_ok=True)
+        celery.conf.broker_transport_options = {
+            "data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+    celery.set_default()
+    return celery

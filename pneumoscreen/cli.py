@@ -1,0 +1,200 @@
+"""The `pneumoscreen` command: run the portal and workers, manage users, screen files, train."""
+import csv
+import logging
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pneumoscreen.settings import PACKAGE_ROOT, ConfigError, Settings
+
+logger = logging.getLogger(__name__)
+SHARED_DATA = PACKAGE_ROOT.parent / "shared" / "data"
+CSV_COLUMNS = ["file", "status", "probability", "prediction", "flagged", "flag_reason", "error"]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(f"bad setting: {exc}") from None
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose: bool) -> None:
+    """pneumoscreen: pneumonia screening for chest X-rays."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database to the newest schema."""
+    from db.migrate import upgrade
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    click.echo("database is at the newest schema")
+
+
+@main.group("users")
+def users_group() -> None:
+    """User accounts."""
+
+
+@users_group.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["uploader", "reviewer", "admin"]), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read a login password from the first line of stdin.")
+def users_create(name: str, role: str, password_stdin: bool) -> None:
+    """Create a user and print an API token (shown once)."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    if password_stdin and len(password) < 8:
+        raise click.ClickException("password must be at least 8 characters")
+    try:
+        token = _create_user(_settings(), name, role, password)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {role} {name!r}; API token (shown once, keep it safe):\n{token}")
+
+
+def _create_user(settings: Settings, name: str, role: str, password: str | None) -> str:
+    from db.accounts import create_user, issue_token
+    from db.session import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            return issue_token(session, create_user(session, name, role, password))
+    finally:
+        engine.dispose()
+
+
+@main.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def web(host: str, port: int) -> None:
+    """Serve the portal and API (waitress)."""
+    from waitress import serve
+
+    from pneumoscreen.app import create_app
+
+    app = create_app(settings=_settings())
+    click.echo(f"portal on http://{host}:{port}/")
+    serve(app, host=host, port=port, threads=8, max_request_body_size=app.config["MAX_CONTENT_LENGTH"])
+
+
+@main.command("worker")
+def worker() -> None:
+    """Run a Celery worker that screens queued studies."""
+    settings = _settings()
+    from worker.app import celery_app
+
+    celery_app.worker_main(["worker", "--loglevel=INFO", "-Q", "screening",
+                            "--pool", settings.worker_pool,
+                            "--concurrency", str(settings.worker_concurrency)])
+
+
+@main.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def up(host: str, port: int) -> None:
+    """Portal and one worker in the foreground; Ctrl-C stops both."""
+    settings = _settings()
+    from db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    _first_admin(settings)
+    command = [sys.executable, "-m", "pneumoscreen"]
+    children = [subprocess.Popen(command + ["web", "--host", host, "--port", str(port)]),
+                subprocess.Popen(command + ["worker"])]
+    stop = lambda *_: [child.terminate() for child in children if child.poll() is None]  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    stop()
+    for child in children:
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    click.echo("pneumoscreen stopped")
+
+
+def _first_admin(settings: Settings) -> None:
+    """On an empty database, make an admin so a person can log in, and say how."""
+    from sqlalchemy import func, select
+
+    from db.models import User
+    from db.session import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    with make_session_factory(engine)() as session:
+        has_users = session.scalar(select(func.count()).select_from(User)) > 0
+    engine.dispose()
+    if has_users:
+        return
+    password = secrets.token_urlsafe(12)
+    token = _create_user(settings, "admin", "admin", password)
+    click.echo(f"\n  first start: created user 'admin' with password {password}\n"
+               f"  and API token {token}\n  (shown once; add people with `pneumoscreen users create`)\n")
+
+
+@main.command("screen")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write results here instead of stdout.")
+def screen(paths: tuple[Path, ...], csv_path: Path | None) -> None:
+    """Screen images, folders (recursive) and .zip files in-process; one CSV row per input."""
+    from pneumoscreen.screening import screen_to_csv
+
+    settings = _settings()
+    out = csv_path.open("w", newline="") if csv_path else sys.stdout
+    try:
+        summary = screen_to_csv(list(paths), settings, csv.writer(out), CSV_COLUMNS)
+    finally:
+        if csv_path:
+            out.close()
+    click.echo(summary, err=True)
+
+
+@main.command("train-segmenter")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=SHARED_DATA / "lung-masks", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to save the weights [default: the shipped weights folder].")
+@click.option("--epochs", default=6, show_default=True, type=int)
+def train_segmenter(data: Path, out: Path | None, epochs: int) -> None:
+    """Train the lung segmenter on image/mask pairs."""
+    from models.segmenter import train_segmenter as train
+
+    click.echo(train(data, out or _settings().weights_dir, epochs=epochs))
+
+
+@main.command("train")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=SHARED_DATA / "kermany-train", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to save the weights [default: the shipped weights folder].")
+@click.option("--epochs", default=16, show_default=True, type=int)
+def train(data: Path, out: Path | None, epochs: int) -> None:
+    """Train the pneumonia classifier on lung crops (needs the segmenter in --out)."""
+    from models.classifier import train_classifier
+
+    out = out or _settings().weights_dir
+    click.echo(train_classifier(data, out, out / "segmenter.keras", epochs=epochs))

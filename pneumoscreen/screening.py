@@ -1,0 +1,43 @@
+"""`pneumoscreen screen`: the worker's pipeline, in-process, over files on disk."""
+import itertools
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pneumoscreen.inputs import walk
+from pneumoscreen.settings import Settings
+from worker.pipeline import analyse, load_screener
+
+logger = logging.getLogger(__name__)
+
+
+def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[str]) -> str:
+    """Screen everything under `paths` in batches, writing one row per input; returns a summary line."""
+    screener = load_screener(settings.weights_dir)
+    writer.writerow(columns)
+    items, counts, started = walk(paths), {"done": 0, "error": 0}, time.perf_counter()
+    while chunk := list(itertools.islice(items, settings.batch_size)):
+        readable = [item for item in chunk if item.error is None]
+        outcomes = iter(analyse(screener, [item.data for item in readable]))
+        for item in chunk:
+            outcome = next(outcomes) if item.error is None else None
+            row = _row(item, outcome)
+            counts[row[1]] += 1
+            writer.writerow(row)
+        total = counts["done"] + counts["error"]
+        print(f"\rscreened {total} images ({total / (time.perf_counter() - started):.1f}/s)",
+              end="", file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - started
+    total = counts["done"] + counts["error"]
+    return (f"\n{total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.1f} images/s): "
+            f"{counts['done']} done, {counts['error']} error; model {screener.name} {screener.version}")
+
+
+def _row(item, outcome) -> list:
+    error = item.error if outcome is None else outcome.error
+    if error is not None:
+        return [item.name, "error", "", "", "", "", error]
+    finding = outcome.finding
+    return [item.name, "done", f"{finding.probability:.4f}", finding.prediction,
+            str(finding.flagged).lower(), finding.flag_reason or "", ""]

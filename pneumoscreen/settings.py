@@ -1,0 +1,103 @@
+"""The one place that reads the environment: typed settings with the embedded defaults."""
+import logging
+import os
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS_DIR = PACKAGE_ROOT / "models" / "weights"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names it and says what is expected."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the portal, the worker and the CLI need to know about their surroundings."""
+
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    storage_dir: Path
+    weights_dir: Path
+    secret_key: str
+    batch_size: int = 32
+    max_upload_mb: int = 1024
+    worker_pool: str = "prefork"
+    worker_concurrency: int = 1
+    secure_cookies: bool = False
+
+    @property
+    def embedded(self) -> bool:
+        """True when running without external services (SQLite and the filesystem broker)."""
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    def with_overrides(self, overrides: Mapping[str, object] | None) -> "Settings":
+        return replace(self, **dict(overrides or {}))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read PNEUMOSCREEN_* / DATABASE_URL / REDIS_URL; unset means the embedded default."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("PNEUMOSCREEN_DATA_DIR", "var")).resolve()
+        database_url = _database_url(env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'pneumoscreen.db'}")
+        broker_url = env.get("REDIS_URL") or "filesystem://"
+        if not broker_url.startswith(("redis://", "rediss://", "filesystem://")):
+            raise ConfigError(f"REDIS_URL must start with redis:// or rediss://, got {broker_url!r}")
+        worker_pool = env.get("PNEUMOSCREEN_WORKER_POOL", "prefork")
+        if worker_pool not in ("prefork", "solo", "threads"):
+            raise ConfigError(f"PNEUMOSCREEN_WORKER_POOL must be prefork, solo or threads, got {worker_pool!r}")
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            broker_url=broker_url,
+            storage_dir=Path(env.get("PNEUMOSCREEN_STORAGE_DIR", data_dir / "studies")).resolve(),
+            weights_dir=Path(env.get("PNEUMOSCREEN_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR)).resolve(),
+            secret_key=env.get("SECRET_KEY") or _local_secret(data_dir),
+            batch_size=_int(env, "PNEUMOSCREEN_BATCH_SIZE", 32, 1, 1024),
+            max_upload_mb=_int(env, "PNEUMOSCREEN_MAX_UPLOAD_MB", 1024, 1, 100_000),
+            worker_pool=worker_pool,
+            worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 1, 1, 64),
+            secure_cookies=env.get("PNEUMOSCREEN_SECURE_COOKIES", "0") in ("1", "true", "yes"),
+        )
+
+
+def _database_url(url: str) -> str:
+    if url.startswith(("postgres://", "postgresql://")):
+        # psycopg 3 is the driver we ship; SQLAlchemy would otherwise look for psycopg2.
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith(("sqlite://", "postgresql+psycopg://")):
+        return url
+    raise ConfigError(f"DATABASE_URL must be a postgresql:// or sqlite:// URL, got {url.split('://')[0]!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _local_secret(data_dir: Path) -> str:
+    """Embedded default: a random key kept beside the database, so sessions survive restarts."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()

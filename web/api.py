@@ -1,0 +1,80 @@
+"""JSON API for scripts and PACS bridges: bearer tokens, batches, the review queue."""
+import logging
+
+from flask import Blueprint, jsonify, request
+from flask_login import current_user
+
+from pneumoscreen.inputs import expand
+from web import csrf, db, services
+from web.auth import roles_required
+from web.queries import batch_json, review_queue, visible_batch, visible_study
+from web.reviews import record_decision
+from worker.intake import submit_batch
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+@bp.before_request
+def _csrf_for_cookie_sessions():
+    """Scripts send a bearer token; a browser session posting here must carry the CSRF token."""
+    if request.method != "GET" and "Authorization" not in request.headers:
+        csrf.protect()
+
+
+def _error(message: str, status: int):
+    return jsonify(error=message), status
+
+
+@bp.post("/batches")
+@roles_required("uploader", "admin")
+def create_batch():
+    files = request.files.getlist("files")
+    if not files:
+        return _error("no files: send them as multipart form field 'files'", 400)
+    items = [item for upload in files for item in expand(upload.filename or "unnamed", upload.read())]
+    settings = services().settings
+    batch, rejected = submit_batch(services().sessions, services().storage, items, current_user.id,
+                                   "api", settings.batch_size)
+    if batch is None:
+        return jsonify(id=None, status="rejected", total=0, rejected=rejected), 422
+    total = len(items) - len(rejected)
+    return jsonify(id=batch.id, status="queued", total=total, rejected=rejected), 202
+
+
+@bp.get("/batches/<int:batch_id>")
+@roles_required("uploader", "reviewer", "admin")
+def get_batch(batch_id: int):
+    batch = visible_batch(db(), batch_id)
+    if batch is None:
+        return _error("no such batch", 404)
+    return jsonify(batch_json(db(), batch))
+
+
+@bp.get("/review")
+@roles_required("reviewer", "admin")
+def get_review_queue():
+    return jsonify(items=[
+        {"study_id": study.id, "batch_id": study.batch_id, "filename": study.filename,
+         "probability": round(prediction.probability, 4), "prediction": prediction.prediction,
+         "flag_reason": flag.reason, "flagged_at": flag.created_at.isoformat()}
+        for flag, study, prediction in review_queue(db())])
+
+
+@bp.post("/studies/<int:study_id>/review")
+@roles_required("reviewer", "admin")
+def post_review(study_id: int):
+    study = visible_study(db(), study_id)
+    if study is None:
+        return _error("no such study", 404)
+    body = request.get_json(silent=True) or {}
+    try:
+        review = record_decision(db(), study, current_user.id, str(body.get("decision", "")),
+                                 str(body.get("note", "")))
+    except LookupError as exc:
+        return _error(str(exc), 409)
+    except ValueError as exc:
+        return _error(str(exc), 400)
+    db().commit()
+    return jsonify(study_id=study.id, decision=review.decision, note=review.note,
+                   reviewer=current_user.username, at=review.created_at.isoformat()), 201

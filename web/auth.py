@@ -1,0 +1,108 @@
+"""Login for people (session cookie) and for scripts (bearer token), and role checks."""
+import functools
+import logging
+from dataclasses import dataclass
+
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired
+
+from db.accounts import check_password, user_for_token
+from db.models import User
+from db.session import audit
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("auth", __name__)
+login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+
+
+@dataclass
+class CurrentUser(UserMixin):
+    """The signed-in user, detached from any database session."""
+
+    id: int
+    username: str
+    role: str
+
+    @classmethod
+    def of(cls, user: User) -> "CurrentUser":
+        return cls(user.id, user.username, user.role)
+
+
+@login_manager.user_loader
+def _load_user(user_id: str) -> CurrentUser | None:
+    from web import db
+
+    user = db().get(User, int(user_id))
+    return CurrentUser.of(user) if user is not None and user.active else None
+
+
+@login_manager.request_loader
+def _load_from_token(req) -> CurrentUser | None:
+    from web import db
+
+    header = req.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    user = user_for_token(db(), header[len("Bearer "):].strip())
+    if user is None:
+        return None
+    db().commit()  # keeps the token's last-used time
+    return CurrentUser.of(user)
+
+
+@login_manager.unauthorized_handler
+def _unauthorized():
+    if request.path.startswith("/api/"):
+        return jsonify(error="authentication required: send 'Authorization: Bearer <token>'"), 401
+    return redirect(url_for("auth.login", next=request.path))
+
+
+def roles_required(*roles: str):
+    """Allow only signed-in users with one of `roles` (401 for nobody, 403 for the wrong role)."""
+    def decorator(view):
+        @functools.wraps(view)
+        @login_required
+        def wrapped(*args, **kwargs):
+            if current_user.role not in roles:
+                if request.path.startswith("/api/"):
+                    return jsonify(error=f"this needs the role {' or '.join(roles)}"), 403
+                abort(403)
+            return view(*args, **kwargs)
+        return wrapped
+    return decorator
+
+
+class LoginForm(FlaskForm):
+    username = StringField("Username", validators=[DataRequired()])
+    password = PasswordField("Password", validators=[DataRequired()])
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    from web import db
+
+    form = LoginForm()
+    if form.validate_on_submit():
+        user = check_password(db(), form.username.data, form.password.data)
+        if user is not None:
+            login_user(CurrentUser.of(user))
+            audit(db(), user.id, "user.login", "user", user.id)
+            db().commit()
+            target = request.args.get("next", "")
+            # Only local paths: never bounce a fresh login to another site.
+            return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+        audit(db(), None, "user.login_failed", "user", None, username=form.username.data[:80])
+        db().commit()
+        flash("Wrong username or password.", "error")
+    return render_template("login.html", form=form), 200 if request.method == "GET" else 401
+
+
+@bp.route("/logout", methods=["POST"])
+@login_required
+def logout():
+    logout_user()
+    return redirect(url_for("auth.login"))

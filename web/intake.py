@@ -1,0 +1,86 @@
+"""Portal pages for uploaders: upload many files or a zip, watch batches progress, see results."""
+import logging
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+
+from db.models import Batch
+from pneumoscreen.inputs import expand
+from web import db, services
+from web.auth import roles_required
+from web.queries import batch_json, batch_progress, can_see_all, visible_batch, visible_study
+from worker.intake import submit_batch
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("intake", __name__)
+IMAGE_KINDS = ("thumb", "view", "crop")
+
+
+class UploadForm(FlaskForm):
+    """Only carries the CSRF token; the files come from a multiple file input."""
+
+
+@bp.get("/")
+@login_required
+def home():
+    if current_user.role == "reviewer":
+        return redirect(url_for("review.queue"))
+    return redirect(url_for("intake.batches"))
+
+
+@bp.get("/batches")
+@login_required
+def batches():
+    query = select(Batch).order_by(Batch.id.desc()).limit(200)
+    if not can_see_all():
+        query = query.where(Batch.created_by == current_user.id)
+    rows = db().scalars(query).all()
+    progress = batch_progress(db(), [batch.id for batch in rows])
+    return render_template("batches.html", batches=rows, progress=progress)
+
+
+@bp.route("/upload", methods=["GET", "POST"])
+@roles_required("uploader", "admin")
+def upload():
+    form = UploadForm()
+    if not form.validate_on_submit():
+        return render_template("upload.html", form=form)
+    files = [f for f in request.files.getlist("files") if f.filename]
+    if not files:
+        flash("Choose at least one image or .zip file.", "error")
+        return render_template("upload.html", form=form), 400
+    items = [item for upload in files for item in expand(upload.filename, upload.read())]
+    batch, rejected = submit_batch(services().sessions, services().storage, items, current_user.id,
+                                   "portal", services().settings.batch_size)
+    for item in rejected:
+        flash(f"{item['filename']}: {item['error']}", "error")
+    if batch is None:
+        return render_template("upload.html", form=form), 422
+    flash(f"Batch {batch.id}: {len(items) - len(rejected)} studies queued.", "info")
+    return redirect(url_for("intake.batch", batch_id=batch.id))
+
+
+@bp.get("/batches/<int:batch_id>")
+@login_required
+def batch(batch_id: int):
+    found = visible_batch(db(), batch_id)
+    if found is None:
+        abort(404)
+    return render_template("batch.html", batch=batch_json(db(), found))
+
+
+@bp.get("/studies/<int:study_id>/<kind>.png")
+@login_required
+def study_image(study_id: int, kind: str):
+    study = visible_study(db(), study_id)
+    if study is None or kind not in IMAGE_KINDS:
+        abort(404)
+    try:
+        path = services().storage.path(f"derived/{study.id}/{kind}.png")
+    except ValueError:
+        abort(404)
+    if not path.exists():
+        abort(404)
+    return send_file(path, mimetype="image/png", max_age=0)

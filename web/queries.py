@@ -1,0 +1,86 @@
+"""Reads shared by the API and the portal: batches with progress, the review queue, visibility."""
+import logging
+
+from flask_login import current_user
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import Batch, Prediction, ReviewFlag, Study
+
+logger = logging.getLogger(__name__)
+
+
+def can_see_all() -> bool:
+    return current_user.role in ("reviewer", "admin")
+
+
+def visible_batch(session: Session, batch_id: int) -> Batch | None:
+    """The batch if it exists and the current user may see it (uploaders: their own)."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or not (can_see_all() or batch.created_by == current_user.id):
+        return None
+    return batch
+
+
+def visible_study(session: Session, study_id: int) -> Study | None:
+    study = session.get(Study, study_id)
+    if study is None or visible_batch(session, study.batch_id) is None:
+        return None
+    return study
+
+
+def batch_progress(session: Session, batch_ids: list[int]) -> dict[int, dict]:
+    """Counts per status for each batch, in one query."""
+    rows = session.execute(
+        select(Study.batch_id, Study.status, func.count())
+        .where(Study.batch_id.in_(batch_ids)).group_by(Study.batch_id, Study.status)).all()
+    progress = {batch_id: {"queued": 0, "running": 0, "done": 0, "error": 0} for batch_id in batch_ids}
+    for batch_id, status, count in rows:
+        progress[batch_id][status] = count
+    return {batch_id: _summary(counts) for batch_id, counts in progress.items()}
+
+
+def _summary(counts: dict) -> dict:
+    total = sum(counts.values())
+    finished = counts["done"] + counts["error"]
+    if finished == total:
+        status = "done"
+    elif finished or counts["running"]:
+        status = "running"
+    else:
+        status = "queued"
+    return {"status": status, "total": total, "done": counts["done"], "failed": counts["error"],
+            "percent": round(100 * finished / total) if total else 100}
+
+
+def batch_json(session: Session, batch: Batch) -> dict:
+    studies = session.scalars(
+        select(Study).where(Study.batch_id == batch.id).order_by(Study.id)
+        .options(selectinload(Study.prediction), selectinload(Study.flag))).all()
+    return {"id": batch.id, "created_at": batch.created_at.isoformat(),
+            **batch_progress(session, [batch.id])[batch.id],
+            "studies": [study_json(study) for study in studies]}
+
+
+def study_json(study: Study) -> dict:
+    prediction, flag = study.prediction, study.flag
+    return {
+        "id": study.id, "filename": study.filename, "status": study.status,
+        "probability": round(prediction.probability, 4) if prediction else None,
+        "prediction": prediction.prediction if prediction else None,
+        "threshold": prediction.threshold if prediction else None,
+        "model_version": prediction.model_version if prediction else None,
+        "flagged": flag is not None, "flag_reason": flag.reason if flag else None,
+        "review_status": flag.status if flag else None,
+        "error": study.error,
+    }
+
+
+def review_queue(session: Session, status: str = "open") -> list[tuple[ReviewFlag, Study, Prediction]]:
+    """Flags with their study and prediction, the riskiest (highest probability) first."""
+    return session.execute(
+        select(ReviewFlag, Study, Prediction)
+        .join(Study, ReviewFlag.study_id == Study.id)
+        .join(Prediction, Prediction.study_id == Study.id)
+        .where(ReviewFlag.status == status)
+        .order_by(Prediction.probability.desc(), Study.id)).all()

@@ -1,0 +1,54 @@
+"""Portal pages for reviewers: the flagged queue by risk, a study page, decision buttons."""
+import logging
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import TextAreaField
+
+from web import db
+from web.auth import roles_required
+from web.queries import review_queue, study_json, visible_study
+from web.reviews import record_decision
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("review", __name__, url_prefix="/review")
+
+
+class DecisionForm(FlaskForm):
+    note = TextAreaField("Note")
+
+
+@bp.get("/")
+@roles_required("reviewer", "admin")
+def queue():
+    status = "closed" if request.args.get("status") == "closed" else "open"
+    return render_template("review_queue.html", rows=review_queue(db(), status), status=status)
+
+
+@bp.route("/<int:study_id>", methods=["GET", "POST"])
+@roles_required("reviewer", "admin")
+def study(study_id: int):
+    found = visible_study(db(), study_id)
+    if found is None or found.flag is None:
+        abort(404)
+    form = DecisionForm()
+    if form.validate_on_submit():
+        try:
+            record_decision(db(), found, current_user.id, request.form.get("decision", ""),
+                            form.note.data or "")
+        except ValueError as exc:
+            flash(str(exc), "error")
+            return redirect(url_for("review.study", study_id=study_id))
+        db().commit()
+        flash(f"Study {study_id}: decision recorded.", "info")
+        return redirect(_next_open(study_id))
+    return render_template("review_study.html", study=study_json(found), record=found, form=form,
+                           reviews=found.flag.reviews)
+
+
+def _next_open(done_id: int) -> str:
+    for flag, study, _ in review_queue(db()):
+        if study.id != done_id:
+            return url_for("review.study", study_id=study.id)
+    return url_for("review.queue")

@@ -1,0 +1,1 @@
+"""Celery workers: take queued studies in batches and screen them."""

@@ -1,0 +1,21 @@
+"""Thin Celery tasks: names, retries, acks. The work is in worker.pipeline."""
+import logging
+
+from celery import shared_task
+from flask import current_app
+from sqlalchemy.exc import OperationalError
+from kombu.exceptions import OperationalError as BrokerError
+
+from worker import pipeline
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="pneumoscreen.screen_studies", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=(OperationalError, BrokerError), retry_backoff=2, retry_backoff_max=120,
+             max_retries=20, ignore_result=True)
+def screen_studies(study_ids: list[int]) -> dict:
+    """Screen one batch of studies by id."""
+    services = current_app.extensions["pneumoscreen"]
+    screener = pipeline.load_screener(services.settings.weights_dir)
+    return pipeline.run_batch(services.sessions, services.storage, screener, study_ids)
