@@ -65,13 +65,13 @@ def _fit(pixels: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1:
         return pixels
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = Image.fromarray(pixels, mode="F").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    resized = Image.fromarray(pixels.astype(np.float32, copy=False)).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
 def to_png(pixels: np.ndarray, max_side: int | None = None) -> bytes:
     """Encode a [0, 1] grayscale array as an 8-bit PNG (thumbnails, crops, overlays)."""
-    image = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    image = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if max_side:
         image.thumbnail((max_side, max_side))
     buffer = io.BytesIO()

@@ -1,0 +1,122 @@
+"""Shared fixtures: real PostgreSQL and Redis as CI runs them, SQLite for the embedded default."""
+import io
+import os
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+
+from db.migrate import upgrade
+from pneumoscreen.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def data_dir(*parts: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+def sample_films(label: str, count: int) -> list[Path]:
+    return sorted(data_dir("kermany-train", label).glob("*.jpeg"))[:count]
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """An untrained tiny segmenter + classifier: real Keras models, fast to load."""
+    from models.testing import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> str:
+    """A migrated template database; each test copies it (CREATE DATABASE ... TEMPLATE is fast)."""
+    name = f"pneumoscreen_tmpl_{uuid.uuid4().hex[:8]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    upgrade(_pg_url(name))
+    yield name
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(sql)
+
+
+def _pg_url(name: str) -> str:
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A migrated, empty database of each kind the project supports."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        upgrade(url)
+        yield url
+        return
+    template = request.getfixturevalue("postgres_template")
+    name = f"pneumoscreen_test_{uuid.uuid4().hex[:8]}"
+    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    yield _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, tiny_weights) -> Settings:
+    """Settings for one test: its own database, storage, and the embedded broker."""
+    return Settings.from_env({
+        "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": database_url,
+        "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights), "SECRET_KEY": "test-secret",
+        "PNEUMOSCREEN_BATCH_SIZE": "4"})
+
+
+@pytest.fixture
+def app(settings):
+    from pneumoscreen.app import create_app
+
+    app = create_app(settings=settings)
+    app.config.update(TESTING=True)
+    yield app
+    app.extensions["pneumoscreen"].engine.dispose()
+
+
+@pytest.fixture
+def users(app) -> dict[str, str]:
+    """One user per role; returns role -> API token."""
+    from db.accounts import create_user, issue_token
+
+    tokens = {}
+    with app.extensions["pneumoscreen"].sessions.begin() as session:
+        for role in ("uploader", "reviewer", "admin"):
+            tokens[role] = issue_token(session, create_user(session, role, role, f"{role}-password"))
+    return tokens
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

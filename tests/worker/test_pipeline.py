@@ -1,0 +1,107 @@
+"""The pipeline without a broker: run_batch on real images, bad files, reruns; both databases."""
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from db.models import AuditEvent, Batch, Prediction, ReviewFlag, Study, User
+from pneumoscreen.inputs import Item
+from tests.conftest import png_bytes, sample_films
+from worker import pipeline
+
+
+@pytest.fixture
+def services(app):
+    return app.extensions["pneumoscreen"]
+
+
+def _add_studies(services, blobs: dict[str, bytes]) -> list[int]:
+    """Store files and create queued studies directly (no broker involved)."""
+    with services.sessions.begin() as session:
+        user = User(username="u", password_hash="!", role="uploader")
+        session.add(user)
+        session.flush()
+        batch = Batch(created_by=user.id)
+        session.add(batch)
+        session.flush()
+        studies = []
+        for name, data in blobs.items():
+            key, digest = services.storage.put_original(data)
+            studies.append(Study(batch_id=batch.id, filename=name, storage_key=key, content_sha256=digest))
+        session.add_all(studies)
+        session.flush()
+        return [study.id for study in studies]
+
+
+def test_run_batch_stores_results_errors_and_pictures(services):
+    films = {path.name: path.read_bytes() for path in sample_films("PNEUMONIA", 3)}
+    wide = png_bytes((np.random.default_rng(0).random((300, 700)) * 65535).astype(np.uint16))
+    ids = _add_studies(services, {**films, "wide16.png": wide, "broken.jpeg": films[next(iter(films))][:300]})
+    screener = pipeline.load_screener(services.settings.weights_dir)
+
+    counts = pipeline.run_batch(services.sessions, services.storage, screener, ids)
+
+    assert counts == {"done": 4, "error": 1, "skipped": 0}
+    with services.sessions() as session:
+        studies = {s.filename: s for s in session.scalars(select(Study)).all()}
+        assert studies["broken.jpeg"].status == "error"
+        assert "truncated" in studies["broken.jpeg"].error
+        for name in [*films, "wide16.png"]:
+            study = studies[name]
+            assert study.status == "done" and study.error is None and study.finished_at
+            assert study.prediction.model_version == screener.version
+            assert 0.0 <= study.prediction.probability <= 1.0
+            assert study.prediction.prediction in ("PNEUMONIA", "NORMAL")
+            for kind in ("thumb", "view", "crop"):
+                assert services.storage.path(f"derived/{study.id}/{kind}.png").stat().st_size > 100
+        flagged = session.scalars(select(ReviewFlag)).all()
+        for flag in flagged:
+            assert flag.reason and flag.study.prediction.prediction == "NORMAL"
+        actions = session.scalars(select(AuditEvent.action)).all()
+        assert actions.count("study.result") == 4 and actions.count("study.error") == 1
+
+
+def test_running_a_batch_twice_adds_nothing(services):
+    ids = _add_studies(services, {p.name: p.read_bytes() for p in sample_films("NORMAL", 2)})
+    screener = pipeline.load_screener(services.settings.weights_dir)
+    pipeline.run_batch(services.sessions, services.storage, screener, ids)
+
+    again = pipeline.run_batch(services.sessions, services.storage, screener, ids)
+
+    assert again == {"done": 0, "error": 0, "skipped": 0}
+    with services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 2
+
+
+def test_a_study_that_keeps_crashing_workers_ends_in_error(services):
+    ids = _add_studies(services, {p.name: p.read_bytes() for p in sample_films("NORMAL", 1)})
+    with services.sessions.begin() as session:
+        session.get(Study, ids[0]).attempts = pipeline.MAX_ATTEMPTS
+    screener = pipeline.load_screener(services.settings.weights_dir)
+
+    pipeline.run_batch(services.sessions, services.storage, screener, ids)
+
+    with services.sessions() as session:
+        study = session.get(Study, ids[0])
+        assert study.status == "error" and "gave up after" in study.error
+
+
+def test_missing_stored_file_is_an_error_not_a_crash(services):
+    ids = _add_studies(services, {p.name: p.read_bytes() for p in sample_films("NORMAL", 2)})
+    with services.sessions() as session:
+        services.storage.path(session.get(Study, ids[0]).storage_key).unlink()
+    screener = pipeline.load_screener(services.settings.weights_dir)
+
+    counts = pipeline.run_batch(services.sessions, services.storage, screener, ids)
+
+    assert counts["done"] == 1 and counts["error"] == 1
+    with services.sessions() as session:
+        assert session.get(Study, ids[0]).error == "stored file is missing"
+
+
+def test_analyse_keeps_order_with_bad_items_between_good_ones(tiny_weights):
+    screener = pipeline.load_screener(tiny_weights)
+    good = png_bytes(np.full((64, 80), 128, np.uint8))
+    outcomes = pipeline.analyse(screener, [good, b"", b"not an image", good])
+    assert [o.error is None for o in outcomes] == [True, False, False, True]
+    assert outcomes[1].error == "empty file"
+    assert outcomes[0].finding is not None and outcomes[3].finding is not None
