@@ -52,8 +52,7 @@ def upload():
         flash("Choose at least one image or .zip file.", "error")
         return render_template("upload.html", form=form), 400
     items = [item for upload in files for item in expand(upload.filename, upload.read())]
-    batch, rejected = submit_batch(services().sessions, services().storage, items, current_user.id,
-                                   "portal", services().settings.batch_size)
+    batch, rejected = submit_batch(services(), items, current_user.id, "portal")
     for item in rejected:
         flash(f"{item['filename']}: {item['error']}", "error")
     if batch is None:

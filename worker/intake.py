@@ -2,29 +2,26 @@
 import logging
 from typing import Iterable
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from db.models import Batch, Study
 from db.session import audit
 from pneumoscreen.inputs import Item
-from pneumoscreen.storage import Storage
 
 logger = logging.getLogger(__name__)
+SCREEN_TASK = "pneumoscreen.screen_studies"
 
 
-def submit_batch(sessions: sessionmaker[Session], storage: Storage, items: Iterable[Item],
-                 user_id: int, source: str, batch_size: int) -> tuple[Batch | None, list[dict]]:
+def submit_batch(services, items: Iterable[Item], user_id: int, source: str) -> tuple[Batch | None, list[dict]]:
     """Create a batch of the good items and queue it; returns (batch or None, rejected items)."""
     rejected, accepted = [], []
     for item in items:
         if item.error:
             rejected.append({"filename": item.name, "error": item.error})
             continue
-        key, digest = storage.put_original(item.data)
+        key, digest = services.storage.put_original(item.data)
         accepted.append((item.name, key, digest))
     if not accepted:
         return None, rejected
-    with sessions.begin() as session:
+    with services.sessions.begin() as session:
         batch = Batch(created_by=user_id, source=source)
         session.add(batch)
         session.flush()
@@ -35,13 +32,12 @@ def submit_batch(sessions: sessionmaker[Session], storage: Storage, items: Itera
         study_ids = [study.id for study in studies]
         audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(study_ids),
               rejected=len(rejected), source=source)
-    enqueue_studies(study_ids, batch_size)
+    enqueue_studies(services, study_ids)
     return batch, rejected
 
 
-def enqueue_studies(study_ids: list[int], batch_size: int) -> None:
-    """Queue ids in chunks of `batch_size`: one task, one model run per chunk."""
-    from worker.tasks import screen_studies
-
-    for start in range(0, len(study_ids), batch_size):
-        screen_studies.delay(study_ids[start:start + batch_size])
+def enqueue_studies(services, study_ids: list[int]) -> None:
+    """Queue ids in chunks of the batch size: one task, one model run per chunk."""
+    size = services.settings.batch_size
+    for start in range(0, len(study_ids), size):
+        services.celery.send_task(SCREEN_TASK, args=[study_ids[start:start + size]])

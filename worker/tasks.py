@@ -7,11 +7,12 @@ from sqlalchemy.exc import OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
 from worker import pipeline
+from worker.intake import SCREEN_TASK
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="pneumoscreen.screen_studies", acks_late=True, reject_on_worker_lost=True,
+@shared_task(name=SCREEN_TASK, acks_late=True, reject_on_worker_lost=True,
              autoretry_for=(OperationalError, BrokerError), retry_backoff=2, retry_backoff_max=120,
              max_retries=20, ignore_result=True)
 def screen_studies(study_ids: list[int]) -> dict:

@@ -1,0 +1,91 @@
+"""End to end on real services: PostgreSQL, Redis as the broker, a real Celery worker."""
+import io
+import time
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import select
+
+from db.models import AuditEvent, Prediction, Study
+from pneumoscreen.app import create_app
+from pneumoscreen.settings import Settings
+from tests.conftest import REDIS_URL, bearer, sample_films
+
+
+@pytest.fixture
+def redis_app(tmp_path, database_url, tiny_weights):
+    """An app on PostgreSQL and Redis (its own Redis database number, emptied first)."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    settings = Settings.from_env({
+        "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL, "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights),
+        "SECRET_KEY": "test", "PNEUMOSCREEN_BATCH_SIZE": "4"})
+    app = create_app(settings=settings)
+    yield app
+    app.extensions["pneumoscreen"].engine.dispose()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def _wait_for_batch(client, token, batch_id, timeout=120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.get(f"/api/v1/batches/{batch_id}", headers=bearer(token)).get_json()
+        if batch["status"] == "done":
+            return batch
+        time.sleep(0.5)
+    raise AssertionError(f"batch {batch_id} not done after {timeout} s: {batch}")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_upload_screen_review_on_postgres_and_redis(redis_app, users_on):
+    app, tokens = redis_app, users_on(redis_app)
+    services = app.extensions["pneumoscreen"]
+    client = app.test_client()
+    films = sample_films("NORMAL", 5) + sample_films("PNEUMONIA", 5)
+    upload = {"files": [(io.BytesIO(p.read_bytes()), p.name) for p in films]
+              + [(io.BytesIO(films[0].read_bytes()[:2000]), "broken.jpeg")]}
+
+    with start_worker(services.celery, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        response = client.post("/api/v1/batches", data=upload, headers=bearer(tokens["uploader"]))
+        assert response.status_code == 202, response.get_json()
+        body = response.get_json()
+        assert body["total"] == 11 and body["rejected"] == []
+        batch = _wait_for_batch(client, tokens["uploader"], body["id"])
+
+    assert batch["done"] == 10 and batch["failed"] == 1
+    broken = next(s for s in batch["studies"] if s["filename"] == "broken.jpeg")
+    assert broken["status"] == "error" and broken["error"]
+    with services.sessions() as session:
+        rows = session.execute(select(Study, Prediction).join(Prediction)
+                               .where(Study.batch_id == body["id"])).all()
+        assert len(rows) == 10
+        for study, prediction in rows:
+            assert study.status == "done" and study.attempts == 1
+            assert prediction.model_version == "0.0.0+tiny" and prediction.model_name == "tiny-cnn"
+            assert 0 <= prediction.probability <= 1 and prediction.prediction in ("NORMAL", "PNEUMONIA")
+    flagged = [s for s in batch["studies"] if s["flagged"]]
+    assert flagged, "the tiny model's flag band should flag its NORMAL calls"
+
+    queue = client.get("/api/v1/review", headers=bearer(tokens["reviewer"])).get_json()["items"]
+    assert {item["study_id"] for item in queue} == {s["id"] for s in flagged}
+    target = queue[0]["study_id"]
+    response = client.post(f"/api/v1/studies/{target}/review", headers=bearer(tokens["reviewer"]),
+                           json={"decision": "pneumonia", "note": "right lower lobe opacity"})
+    assert response.status_code == 201
+    with services.sessions() as session:
+        event = session.scalar(select(AuditEvent).where(AuditEvent.action == "review.decision"))
+        assert event.object_id == target and event.detail["decision"] == "pneumonia"
+        reviewed = session.get(Study, target)
+        assert reviewed.flag.status == "closed" and reviewed.flag.latest.note == "right lower lobe opacity"
+
+
+@pytest.fixture
+def users_on():
+    from db.accounts import create_user, issue_token
+
+    def make(app) -> dict[str, str]:
+        with app.extensions["pneumoscreen"].sessions.begin() as session:
+            return {role: issue_token(session, create_user(session, role, role, f"{role}-password"))
+                    for role in ("uploader", "reviewer")}
+    return make
