@@ -66,8 +66,9 @@ def _celery(app: Flask, settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         task_default_queue="screening",
-        # A batch of 32 full-size films takes seconds; an hour means "the worker died".
-        broker_transport_options={"visibility_timeout": 3600},
+        # A batch of 32 films takes seconds: a message unacknowledged for 15 minutes had its
+        # worker die, and Redis hands it to another worker.
+        broker_transport_options={"visibility_timeout": 900},
     )
     if settings.embedded:
         folder = str(settings.broker_dir)

@@ -1,0 +1,52 @@
+"""docker-compose.yml cannot run here (no Docker engine): check what parsing can."""
+import re
+
+import yaml
+
+from pneumoscreen.cli import main
+from tests.conftest import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_stack_has_the_services_and_health_checks():
+    assert {"postgres", "redis", "migrate", "web", "worker", "worker-gpu"} <= set(SERVICES)
+    for name in ("postgres", "redis", "web", "worker", "worker-gpu"):
+        assert SERVICES[name]["healthcheck"]["test"], name
+
+
+def test_workers_scale_and_share_storage_with_the_portal():
+    for name in ("worker", "worker-gpu"):
+        assert "container_name" not in SERVICES[name] and "ports" not in SERVICES[name]
+    mounts = {name: SERVICES[name]["volumes"] for name in ("web", "worker", "worker-gpu")}
+    assert mounts["web"] == mounts["worker"] == mounts["worker-gpu"] == ["studies:/data"]
+    assert "studies" in COMPOSE["volumes"]
+    env = SERVICES["web"]["environment"]
+    assert env["PNEUMOSCREEN_STORAGE_DIR"].startswith("/data")
+    assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:" in env["DATABASE_URL"]
+    assert env["REDIS_URL"].startswith("redis://redis:")
+    assert SERVICES["worker"]["environment"] == env
+
+
+def test_gpu_worker_reserves_an_nvidia_device_and_runs_solo():
+    gpu = SERVICES["worker-gpu"]
+    device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert gpu["environment"]["PNEUMOSCREEN_WORKER_POOL"] == "solo"
+    assert gpu["build"]["args"]["EXTRAS"] == "gpu"
+
+
+def test_commands_exist_in_the_cli_and_services_wait_for_migrations():
+    for name in ("migrate", "web", "worker", "worker-gpu"):
+        command = SERVICES[name]["command"]
+        assert command[0] == "pneumoscreen" and command[1] in main.commands, name
+    for name in ("web", "worker", "worker-gpu"):
+        assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_dockerfile_installs_the_project_with_optional_extras():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r'pip install "\.\$\{EXTRAS:\+\[\$EXTRAS\]\}"', dockerfile)
+    for folder in ("pneumoscreen", "web", "worker", "db", "models"):
+        assert f"COPY {folder} {folder}" in dockerfile
