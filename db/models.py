@@ -23,6 +23,15 @@ class Base(DeclarativeBase):
     })
 
 
+class Department(Base):
+    """A radiology department: uploaders see their own department's batches only."""
+
+    __tablename__ = "departments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class User(Base):
     """A person who uploads, reviews or administers."""
 
@@ -31,6 +40,7 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(80), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True)
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     tokens: Mapped[list["ApiToken"]] = relationship(back_populates="user")
@@ -56,6 +66,7 @@ class Batch(Base):
     __tablename__ = "batches"
     id: Mapped[int] = mapped_column(primary_key=True)
     created_by: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True)
     source: Mapped[str] = mapped_column(String(16), default="api")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     studies: Mapped[list["Study"]] = relationship(back_populates="batch", order_by="Study.id")
@@ -76,6 +87,16 @@ class Study(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Same content uploaded before: the result is copied from that study, not inferred again.
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
+    # DICOM attributes (none for PNG/JPEG uploads); never patient name or id.
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    patient_age: Mapped[str | None] = mapped_column(String(8))
+    body_part: Mapped[str | None] = mapped_column(String(32))
     batch: Mapped[Batch] = relationship(back_populates="studies")
     prediction: Mapped["Prediction | None"] = relationship(back_populates="study", uselist=False)
     flag: Mapped["ReviewFlag | None"] = relationship(back_populates="study", uselist=False)
@@ -93,6 +114,8 @@ class Prediction(Base):
     prediction: Mapped[str] = mapped_column(String(16))
     threshold: Mapped[float] = mapped_column(Float)
     crop_box: Mapped[list[float]] = mapped_column(JSON)
+    # Model extras: out-of-scope score, test-time-augmentation spread, and the like.
+    details: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     study: Mapped[Study] = relationship(back_populates="prediction")
 
