@@ -74,6 +74,7 @@ def _celery(app: Flask, settings: Settings) -> Celery:
         folder = str(settings.broker_dir)
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
         celery.conf.broker_transport_options = {
-            "data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+            "data_folder_in": folder, "data_folder_out": folder, "control_folder": folder,
+            "store_processed": False}
     celery.set_default()
     return celery
