@@ -1,22 +1,37 @@
-"""Users and API tokens: argon2 password hashes, tokens stored only as SHA-256."""
+"""Users, departments and API tokens: argon2 password hashes, tokens stored only as SHA-256."""
 import hashlib
 import logging
 import secrets
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import ROLES, ApiToken, User, utcnow
+from db.models import ROLES, ApiToken, AuditEvent, Department, User, utcnow
 from db.session import audit
 
 logger = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 
 
+def ensure_department(session: Session, name: str, actor_id: int | None = None) -> Department:
+    """The department called `name`, created (and audited) when it does not exist yet."""
+    name = name.strip()
+    if not name or len(name) > 120:
+        raise ValueError("department name must be 1 to 120 characters")
+    department = session.scalar(select(Department).where(Department.name == name))
+    if department is None:
+        department = Department(name=name)
+        session.add(department)
+        session.flush()
+        audit(session, actor_id, "department.create", "department", department.id, name=name)
+    return department
+
+
 def create_user(session: Session, username: str, role: str, password: str | None,
-                actor_id: int | None = None) -> User:
+                actor_id: int | None = None, department_id: int | None = None) -> User:
     """Add a user; without a password the account can only use API tokens."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -26,16 +41,19 @@ def create_user(session: Session, username: str, role: str, password: str | None
         raise ValueError(f"user {username!r} already exists")
     # An unusable hash: no password verifies against it.
     password_hash = _hasher.hash(password) if password else "!"
-    user = User(username=username, role=role, password_hash=password_hash)
+    user = User(username=username, role=role, password_hash=password_hash, department_id=department_id)
     session.add(user)
     session.flush()
-    audit(session, actor_id, "user.create", "user", user.id, username=username, role=role)
+    audit(session, actor_id, "user.create", "user", user.id, username=username, role=role,
+          department_id=department_id)
     return user
 
 
 def check_password(session: Session, username: str, password: str) -> User | None:
     user = session.scalar(select(User).where(User.username == username, User.active.is_(True)))
     if user is None or user.password_hash == "!":
+        # Hash anyway, so a wrong username takes as long as a wrong password.
+        _hasher.hash(password)
         return None
     try:
         _hasher.verify(user.password_hash, password)
@@ -44,8 +62,22 @@ def check_password(session: Session, username: str, password: str) -> User | Non
     return user
 
 
+def recent_login_failures(session: Session, username: str, address: str | None, since: datetime) -> tuple[int, int]:
+    """Failed logins since `since`: (for this username, from this address), counted from the audit log."""
+    recent = select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.action == "user.login_failed", AuditEvent.at >= since)
+    by_name = session.scalar(recent.where(AuditEvent.detail["username"].as_string() == username))
+    by_address = session.scalar(recent.where(AuditEvent.detail["address"].as_string() == address)) if address else 0
+    return by_name or 0, by_address or 0
+
+
+def login_window(minutes: int) -> datetime:
+    return utcnow() - timedelta(minutes=minutes)
+
+
 def issue_token(session: Session, user: User, name: str = "default", actor_id: int | None = None) -> str:
     """Create a token and return it in clear: the only time it is ever shown."""
+    name = (name or "default").strip()[:80] or "default"
     token = "psk_" + secrets.token_urlsafe(32)
     row = ApiToken(user_id=user.id, name=name, token_hash=_digest(token))
     session.add(row)
@@ -53,6 +85,24 @@ def issue_token(session: Session, user: User, name: str = "default", actor_id: i
     audit(session, actor_id if actor_id is not None else user.id, "token.create", "api_token",
           row.id, name=name, user_id=user.id)
     return token
+
+
+def revoke_token(session: Session, token_id: int, actor_id: int | None) -> ApiToken:
+    """Revoke a token for good (idempotent); raises LookupError when there is no such token."""
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise LookupError(f"no token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit(session, actor_id, "token.revoke", "api_token", row.id, name=row.name, user_id=row.user_id)
+    return row
+
+
+def set_active(session: Session, user: User, active: bool, actor_id: int | None) -> None:
+    """Disable or re-enable an account; a disabled account's sessions and tokens stop working."""
+    if user.active != active:
+        user.active = active
+        audit(session, actor_id, "user.enable" if active else "user.disable", "user", user.id)
 
 
 def user_for_token(session: Session, token: str) -> User | None:

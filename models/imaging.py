@@ -22,6 +22,10 @@ def decode_image(data: bytes, max_side: int = DECODE_SIDE) -> np.ndarray:
     """Decode PNG/JPEG bytes to a 2-D float32 array in [0, 1], at most `max_side` px on the long side."""
     if not data:
         raise ImageDecodeError("empty file")
+    from models.dicom import decode_dicom, is_dicom  # lazy: pydicom only when a DICOM file comes
+
+    if is_dicom(data):
+        return _fit(decode_dicom(data), max_side)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in SUPPORTED_FORMATS:

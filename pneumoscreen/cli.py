@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from pneumoscreen.settings import PACKAGE_ROOT, ConfigError, Settings
+from pneumoscreen.logs import configure as configure_logging
+from pneumoscreen.settings import PACKAGE_ROOT, ConfigError, Settings, log_format_from_env
 
 logger = logging.getLogger(__name__)
 SHARED_DATA = PACKAGE_ROOT.parent / "shared" / "data"
@@ -28,8 +29,11 @@ def _settings() -> Settings:
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(verbose: bool) -> None:
     """pneumoscreen: pneumonia screening for chest X-rays."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        log_format = log_format_from_env()
+    except ConfigError as exc:
+        raise click.ClickException(f"bad setting: {exc}") from None
+    configure_logging(log_format, logging.DEBUG if verbose else logging.INFO)
 
 
 @main.group("db")
@@ -57,26 +61,29 @@ def users_group() -> None:
 @click.argument("name")
 @click.option("--role", type=click.Choice(["uploader", "reviewer", "admin"]), required=True)
 @click.option("--password-stdin", is_flag=True, help="Read a login password from the first line of stdin.")
-def users_create(name: str, role: str, password_stdin: bool) -> None:
+@click.option("--department", default=None, help="The user's department (created if needed).")
+def users_create(name: str, role: str, password_stdin: bool, department: str | None) -> None:
     """Create a user and print an API token (shown once)."""
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     if password_stdin and len(password) < 8:
         raise click.ClickException("password must be at least 8 characters")
     try:
-        token = _create_user(_settings(), name, role, password)
+        token = _create_user(_settings(), name, role, password, department)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created {role} {name!r}; API token (shown once, keep it safe):\n{token}")
 
 
-def _create_user(settings: Settings, name: str, role: str, password: str | None) -> str:
-    from db.accounts import create_user, issue_token
+def _create_user(settings: Settings, name: str, role: str, password: str | None,
+                 department: str | None = None) -> str:
+    from db.accounts import create_user, ensure_department, issue_token
     from db.session import make_engine, make_session_factory
 
     engine = make_engine(settings.database_url)
     try:
         with make_session_factory(engine).begin() as session:
-            return issue_token(session, create_user(session, name, role, password))
+            department_id = ensure_department(session, department).id if department else None
+            return issue_token(session, create_user(session, name, role, password, department_id=department_id))
     finally:
         engine.dispose()
 
@@ -104,6 +111,25 @@ def worker() -> None:
     celery_app.worker_main(["worker", "--loglevel=INFO", "-Q", "screening",
                             "--pool", settings.worker_pool,
                             "--concurrency", str(settings.worker_concurrency)])
+
+
+@main.command("dicom-listen")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=11112, show_default=True, type=int)
+@click.option("--ae-title", default="PNEUMOSCREEN", show_default=True)
+@click.option("--quiet-seconds", type=int, default=None,
+              help="A study is complete after this long without a new image [default: PNEUMOSCREEN_DICOM_QUIET_S, 10].")
+def dicom_listen(host: str, port: int, ae_title: str, quiet_seconds: int | None) -> None:
+    """Receive studies from a PACS or modality (C-ECHO, C-STORE) and queue them for screening."""
+    from pneumoscreen.app import create_app
+    from pneumoscreen.dicom_listen import Listener
+
+    app = create_app(settings=_settings())
+    click.echo(f"DICOM listener {ae_title} on {host}:{port}; Ctrl-C stops it")
+    try:
+        Listener(app.extensions["pneumoscreen"], ae_title, port, host, quiet_seconds).start()
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command("up")

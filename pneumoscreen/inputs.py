@@ -1,6 +1,7 @@
 """Turn what people hand over (image files, .zip archives, folders) into named images, safely."""
 import io
 import logging
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from models.dicom import check_dicom, header_meta, is_dicom
 from models.imaging import MAX_PIXELS, SUPPORTED_FORMATS
 
 logger = logging.getLogger(__name__)
@@ -15,6 +17,14 @@ logger = logging.getLogger(__name__)
 MAX_MEMBERS = 5000
 MAX_MEMBER_BYTES = 100 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 4 * 1024 * 1024 * 1024
+# One file handed over directly (not in a zip); the request as a whole is capped by MAX_CONTENT_LENGTH.
+MAX_FILE_BYTES = MAX_MEMBER_BYTES
+# Films are already compressed: a zip that expands far beyond its size is a zip bomb.
+MAX_ZIP_RATIO = 20
+ZIP_RATIO_SLACK = 16 * 1024 * 1024
+MIN_SIDE = 32
+MAX_NAME = 512
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -24,6 +34,8 @@ class Item:
     name: str
     data: bytes | None = None
     error: str | None = None
+    # DICOM header attributes for the study row (models.dicom.META_FIELDS); None for PNG/JPEG.
+    meta: dict | None = None
 
 
 def is_zip(name: str, data: bytes) -> bool:
@@ -32,8 +44,12 @@ def is_zip(name: str, data: bytes) -> bool:
 
 def expand(name: str, data: bytes) -> Iterator[Item]:
     """Yield the images in one upload: the file itself, or the members of a zip archive."""
+    name = clean_name(name)
+    if len(data) > MAX_FILE_BYTES and not is_zip(name, data):
+        yield Item(name, error=f"file is {len(data) / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB per-file limit")
+        return
     if not is_zip(name, data):
-        yield Item(name, data, check_image(data))
+        yield _item(name, data)
         return
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -41,16 +57,24 @@ def expand(name: str, data: bytes) -> Iterator[Item]:
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         yield Item(name, error=f"not a readable zip archive: {exc}")
         return
+    if not members:
+        yield Item(name, error="zip archive holds no files")
+        return
     if len(members) > MAX_MEMBERS:
         yield Item(name, error=f"zip holds {len(members)} files, over the limit of {MAX_MEMBERS}")
         return
-    total = 0
+    expanded = sum(m.file_size for m in members)
+    if expanded > min(MAX_ARCHIVE_BYTES, MAX_ZIP_RATIO * len(data) + ZIP_RATIO_SLACK):
+        yield Item(name, error=f"zip expands to {expanded / 2**20:.0f} MB from {len(data) / 2**20:.1f} MB "
+                               "(possible zip bomb): send the images uncompressed or in smaller zips")
+        return
     for member in members:
-        label = f"{name}/{member.filename}"
-        total += member.file_size
+        label = clean_name(f"{name}/{member.filename}")
         if member.flag_bits & 0x1:
             yield Item(label, error="encrypted zip member: send it unencrypted")
-        elif member.file_size > MAX_MEMBER_BYTES or total > MAX_ARCHIVE_BYTES:
+        elif _unsafe_path(member.filename):
+            yield Item(label, error="unsafe path in zip (absolute or containing ..): refused")
+        elif member.file_size > MAX_MEMBER_BYTES:
             yield Item(label, error="zip member too large when uncompressed (possible zip bomb)")
         elif member.filename.lower().endswith(".zip"):
             yield Item(label, error="nested zip archives are not accepted: send the images directly")
@@ -66,7 +90,27 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str) 
         return Item(label, error=f"cannot read zip member: {exc}")
     if len(data) > MAX_MEMBER_BYTES:
         return Item(label, error="zip member too large when uncompressed (possible zip bomb)")
-    return Item(label, data, check_image(data))
+    if data[:4] == b"PK\x03\x04":
+        return Item(label, error="nested zip archives are not accepted: send the images directly")
+    return _item(label, data)
+
+
+def clean_name(name: str) -> str:
+    """A file name fit to store and show: no control characters (NUL breaks PostgreSQL), bounded length."""
+    cleaned = _CONTROL.sub("?", name or "unnamed").strip() or "unnamed"
+    return cleaned if len(cleaned) <= MAX_NAME else cleaned[:MAX_NAME - 3] + "..."
+
+
+def _unsafe_path(filename: str) -> bool:
+    """Absolute or parent-relative member names: harmless here (names never become paths), refused anyway."""
+    parts = filename.replace("\\", "/").split("/")
+    return filename.startswith(("/", "\\")) or ".." in parts or bool(re.match(r"^[A-Za-z]:", filename))
+
+
+def _item(name: str, data: bytes) -> Item:
+    """An accepted or refused image; DICOM files carry their header attributes along."""
+    error = check_image(data)
+    return Item(name, data, error, header_meta(data) if error is None and is_dicom(data) else None)
 
 
 def _is_junk(filename: str) -> bool:
@@ -79,14 +123,33 @@ def check_image(data: bytes) -> str | None:
     """A quick look at the header at the door: None when it looks like a PNG/JPEG we can read."""
     if not data:
         return "empty file"
+    if is_dicom(data):
+        return check_dicom(data)
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in SUPPORTED_FORMATS:
                 return f"unsupported image format {image.format}; send PNG or JPEG"
             if image.width * image.height > MAX_PIXELS:
                 return f"image is {image.width}x{image.height} px, over the {MAX_PIXELS:,} pixel limit"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            if min(image.width, image.height) < MIN_SIDE:
+                return f"image is {image.width}x{image.height} px, too small for a chest film"
+            return _check_complete(image)
+    except Image.DecompressionBombError:
+        return f"image has too many pixels (over the {MAX_PIXELS:,} pixel limit): refused"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return "not a PNG or JPEG image"
+
+
+def _check_complete(image: Image.Image) -> str | None:
+    """Catch truncated files at the door, cheaply: PNG chunk checksums, JPEG decoded at 1/8 scale."""
+    try:
+        if image.format == "PNG":
+            image.verify()
+        else:
+            image.draft("L", (image.width // 8 or 1, image.height // 8 or 1))
+            image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"corrupt or truncated {image.format} image: {exc}"
     return None
 
 

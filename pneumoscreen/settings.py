@@ -31,6 +31,12 @@ class Settings:
     worker_pool: str = "prefork"
     worker_concurrency: int = 1
     secure_cookies: bool = False
+    # DICOM listener: a study sent over C-STORE is complete after this many quiet seconds.
+    dicom_quiet_s: int = 10
+    # Sweeper (worker/sweeper.py): how often, and when a queued / running study counts as lost.
+    sweep_interval_s: int = 60
+    stale_queued_s: int = 120
+    stale_running_s: int = 600
 
     @property
     def embedded(self) -> bool:
@@ -68,7 +74,19 @@ class Settings:
             worker_pool=worker_pool,
             worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 1, 1, 64),
             secure_cookies=env.get("PNEUMOSCREEN_SECURE_COOKIES", "0") in ("1", "true", "yes"),
+            dicom_quiet_s=_int(env, "PNEUMOSCREEN_DICOM_QUIET_S", 10, 1, 3600),
+            sweep_interval_s=_int(env, "PNEUMOSCREEN_SWEEP_INTERVAL_S", 60, 1, 86_400),
+            stale_queued_s=_int(env, "PNEUMOSCREEN_STALE_QUEUED_S", 120, 1, 86_400),
+            stale_running_s=_int(env, "PNEUMOSCREEN_STALE_RUNNING_S", 600, 1, 86_400),
         )
+
+
+def log_format_from_env(env: Mapping[str, str] | None = None) -> str:
+    """PNEUMOSCREEN_LOG_FORMAT: `text` (default) for people, `json` for log collectors."""
+    value = (os.environ if env is None else env).get("PNEUMOSCREEN_LOG_FORMAT", "text")
+    if value not in ("text", "json"):
+        raise ConfigError(f"PNEUMOSCREEN_LOG_FORMAT must be text or json, got {value!r}")
+    return value
 
 
 def _database_url(url: str) -> str:

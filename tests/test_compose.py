@@ -50,3 +50,15 @@ def test_dockerfile_installs_the_project_with_optional_extras():
     assert re.search(r'pip install "\.\$\{EXTRAS:\+\[\$EXTRAS\]\}"', dockerfile)
     for folder in ("pneumoscreen", "web", "worker", "db", "models"):
         assert f"COPY {folder} {folder}" in dockerfile
+
+
+def test_flower_watches_the_same_broker_and_dicom_listener_runs_the_cli():
+    flower = SERVICES["flower"]
+    assert flower["command"][0] == "celery" and "flower" in flower["command"]
+    broker = next(arg for arg in flower["command"] if arg.startswith("--broker="))
+    assert broker.split("=", 1)[1] == SERVICES["web"]["environment"]["REDIS_URL"]
+    assert "5555:5555" in flower["ports"] and flower["healthcheck"]["test"]
+    dicom = SERVICES["dicom"]
+    assert dicom["command"][:2] == ["pneumoscreen", "dicom-listen"] and dicom["command"][1] in main.commands
+    assert "11112:11112" in dicom["ports"] and dicom["volumes"] == ["studies:/data"]
+    assert dicom["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

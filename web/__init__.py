@@ -1,12 +1,18 @@
 """The intake portal and JSON API: blueprints, login, CSRF, error pages, health check."""
 import logging
+import re
+import uuid
 
 from flask import Flask, current_app, g, jsonify, request
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from pneumoscreen.logs import bind, unbind
+
 logger = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 csrf = CSRFProtect()
 
 
@@ -22,7 +28,7 @@ def db() -> Session:
 
 
 def init_web(app: Flask) -> None:
-    from web import api, auth, intake, review
+    from web import admin, api, auth, intake, review
 
     csrf.init_app(app)
     auth.login_manager.init_app(app)
@@ -30,14 +36,39 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(intake.bp)
     app.register_blueprint(review.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
+    from web import dicomweb, exports, fhir, metrics
+
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(exports.bp)
+    app.register_blueprint(fhir.bp)
+    app.register_blueprint(dicomweb.bp)
+    csrf.exempt(dicomweb.bp)  # bearer tokens only: no cookie session can post there
     csrf.exempt(api.bp)
+    app.before_request(_bind_request_id)
+    app.after_request(_send_request_id)
     app.teardown_appcontext(_close_db)
     app.register_error_handler(413, _too_large)
     app.register_error_handler(500, _server_error)
+    app.register_error_handler(OperationalError, _database_down)
     app.add_url_rule("/healthz", "healthz", healthz)
 
 
+def _bind_request_id() -> None:
+    """Tag every log line of this request; a caller's X-Request-ID is kept when it is sane."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.log_token = bind(request_id=g.request_id)
+
+
+def _send_request_id(response):
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response
+
+
 def _close_db(exc: BaseException | None) -> None:
+    if "log_token" in g:
+        unbind(g.pop("log_token"))
     session = g.pop("db", None)
     if session is not None:
         if exc is not None:
@@ -64,6 +95,18 @@ def _server_error(_error):
     if _wants_json():
         return jsonify(error="internal error; it has been logged"), 500
     return "Internal error; it has been logged.", 500
+
+
+def _database_down(error):
+    """The database is unreachable (restarting, failing over): 503, so clients retry; nothing half-done."""
+    logger.warning("database unavailable: %s", type(error.orig).__name__ if error.orig else error)
+    session = g.pop("db", None)
+    if session is not None:
+        session.invalidate()
+    message = "the database is unavailable; retry in a minute"
+    if _wants_json():
+        return jsonify(error=message), 503, {"Retry-After": "30"}
+    return message, 503, {"Retry-After": "30"}
 
 
 def healthz():

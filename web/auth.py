@@ -9,7 +9,7 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
-from db.accounts import check_password, user_for_token
+from db.accounts import check_password, login_window, recent_login_failures, user_for_token
 from db.models import User
 from db.session import audit
 
@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
+# Failed logins, counted from the audit log so every portal process sees the same count.
+LOGIN_WINDOW_MINUTES = 15
+MAX_FAILURES_PER_USERNAME = 5
+MAX_FAILURES_PER_ADDRESS = 20
 
 
 @dataclass
@@ -26,16 +30,19 @@ class CurrentUser(UserMixin):
     id: int
     username: str
     role: str
+    department_id: int | None = None
 
     @classmethod
     def of(cls, user: User) -> "CurrentUser":
-        return cls(user.id, user.username, user.role)
+        return cls(user.id, user.username, user.role, user.department_id)
 
 
 @login_manager.user_loader
 def _load_user(user_id: str) -> CurrentUser | None:
     from web import db
 
+    if request.headers.get("Authorization", "").startswith("Bearer "):
+        return None  # an explicit token speaks for the request, not a session cookie riding along
     user = db().get(User, int(user_id))
     return CurrentUser.of(user) if user is not None and user.active else None
 
@@ -87,22 +94,39 @@ def login():
 
     form = LoginForm()
     if form.validate_on_submit():
-        user = check_password(db(), form.username.data, form.password.data)
+        username, address = form.username.data[:80], request.remote_addr
+        if _throttled(username, address):
+            logger.warning("login throttled after repeated failures")
+            message = f"Too many failed logins: wait {LOGIN_WINDOW_MINUTES} minutes and try again."
+            flash(message, "error")
+            return render_template("login.html", form=form), 429
+        user = check_password(db(), username, form.password.data)
         if user is not None:
             login_user(CurrentUser.of(user))
-            audit(db(), user.id, "user.login", "user", user.id)
+            audit(db(), user.id, "user.login", "user", user.id, address=address)
             db().commit()
             target = request.args.get("next", "")
             # Only local paths: never bounce a fresh login to another site.
             return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
-        audit(db(), None, "user.login_failed", "user", None, username=form.username.data[:80])
+        audit(db(), None, "user.login_failed", "user", None, username=username, address=address)
         db().commit()
         flash("Wrong username or password.", "error")
     return render_template("login.html", form=form), 200 if request.method == "GET" else 401
 
 
+def _throttled(username: str, address: str | None) -> bool:
+    from web import db
+
+    by_name, by_address = recent_login_failures(db(), username, address, login_window(LOGIN_WINDOW_MINUTES))
+    return by_name >= MAX_FAILURES_PER_USERNAME or by_address >= MAX_FAILURES_PER_ADDRESS
+
+
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    from web import db
+
+    audit(db(), current_user.id, "user.logout", "user", current_user.id)
+    db().commit()
     logout_user()
     return redirect(url_for("auth.login"))

@@ -10,12 +10,18 @@ from db.models import Batch
 from pneumoscreen.inputs import expand
 from web import db, services
 from web.auth import roles_required
-from web.queries import batch_json, batch_progress, can_see_all, visible_batch, visible_study
+from web.queries import batch_json, batch_progress, visible_batch, visible_batches, visible_study
 from worker.intake import submit_batch
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("intake", __name__)
-IMAGE_KINDS = ("thumb", "view", "crop")
+IMAGE_KINDS = ("thumb", "view", "crop", "heatmap")
+
+
+@bp.app_template_global()
+def study_image_exists(study_id: int, kind: str) -> bool:
+    """Whether a derived picture was made (the heatmap only when the model provides one)."""
+    return kind in IMAGE_KINDS and services().storage.path(f"derived/{study_id}/{kind}.png").exists()
 
 
 class UploadForm(FlaskForm):
@@ -33,9 +39,7 @@ def home():
 @bp.get("/batches")
 @login_required
 def batches():
-    query = select(Batch).order_by(Batch.id.desc()).limit(200)
-    if not can_see_all():
-        query = query.where(Batch.created_by == current_user.id)
+    query = select(Batch).where(visible_batches()).order_by(Batch.id.desc()).limit(200)
     rows = db().scalars(query).all()
     progress = batch_progress(db(), [batch.id for batch in rows])
     return render_template("batches.html", batches=rows, progress=progress)
@@ -77,7 +81,8 @@ def study_image(study_id: int, kind: str):
     if study is None or kind not in IMAGE_KINDS:
         abort(404)
     try:
-        path = services().storage.path(f"derived/{study.id}/{kind}.png")
+        # A duplicate upload shows the pictures made for the first copy of the same file.
+        path = services().storage.path(f"derived/{study.duplicate_of_id or study.id}/{kind}.png")
     except ValueError:
         abort(404)
     if not path.exists():

@@ -2,7 +2,7 @@
 import logging
 
 from flask_login import current_user
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Batch, Prediction, ReviewFlag, Study
@@ -14,19 +14,25 @@ def can_see_all() -> bool:
     return current_user.role in ("reviewer", "admin")
 
 
+def visible_batches():
+    """A filter on Batch for what the current user may see: all, their department's, or their own."""
+    if can_see_all():
+        return true()
+    department = getattr(current_user, "department_id", None)
+    if department is None:
+        return Batch.created_by == current_user.id
+    return or_(Batch.department_id == department, Batch.created_by == current_user.id)
+
+
 def visible_batch(session: Session, batch_id: int) -> Batch | None:
-    """The batch if it exists and the current user may see it (uploaders: their own)."""
-    batch = session.get(Batch, batch_id)
-    if batch is None or not (can_see_all() or batch.created_by == current_user.id):
-        return None
-    return batch
+    """The batch if it exists and the current user may see it; otherwise None (answered as 404)."""
+    return session.scalar(select(Batch).where(Batch.id == batch_id, visible_batches()))
 
 
 def visible_study(session: Session, study_id: int) -> Study | None:
-    study = session.get(Study, study_id)
-    if study is None or visible_batch(session, study.batch_id) is None:
-        return None
-    return study
+    """The study if it exists and its batch is visible to the current user."""
+    return session.scalar(select(Study).join(Batch, Study.batch_id == Batch.id)
+                          .where(Study.id == study_id, visible_batches()))
 
 
 def batch_progress(session: Session, batch_ids: list[int]) -> dict[int, dict]:

@@ -1,9 +1,10 @@
 """The Celery worker's entry point: `celery -A worker.app worker` (or `pneumoscreen worker`)."""
 import logging
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from pneumoscreen.app import create_app
+from worker.sweeper import start_sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -16,3 +17,18 @@ celery_app = services.celery
 def _fresh_connections(**_kwargs) -> None:
     # A forked child must not share the parent's database sockets.
     services.engine.dispose(close=False)
+
+
+_sweeper = {}
+
+
+@worker_ready.connect
+def _start_sweeper(**_kwargs) -> None:
+    # In the main process, not the pool children: one sweeper per worker, at start and then periodically.
+    _sweeper["stop"] = start_sweeper(services)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_kwargs) -> None:
+    if "stop" in _sweeper:
+        _sweeper["stop"].set()

@@ -2,9 +2,10 @@
 import logging
 from typing import Iterable
 
-from db.models import Batch, Study
+from db.models import Batch, Study, User
 from db.session import audit
 from pneumoscreen.inputs import Item
+from worker.duplicates import link_duplicates
 
 logger = logging.getLogger(__name__)
 SCREEN_TASK = "pneumoscreen.screen_studies"
@@ -18,19 +19,22 @@ def submit_batch(services, items: Iterable[Item], user_id: int, source: str) -> 
             rejected.append({"filename": item.name, "error": item.error})
             continue
         key, digest = services.storage.put_original(item.data)
-        accepted.append((item.name, key, digest))
+        accepted.append((item.name, key, digest, item.meta or {}))
     if not accepted:
         return None, rejected
     with services.sessions.begin() as session:
-        batch = Batch(created_by=user_id, source=source)
+        uploader = session.get(User, user_id)
+        batch = Batch(created_by=user_id, source=source,
+                      department_id=uploader.department_id if uploader else None)
         session.add(batch)
         session.flush()
-        studies = [Study(batch_id=batch.id, filename=name[:512], storage_key=key, content_sha256=digest)
-                   for name, key, digest in accepted]
+        studies = [Study(batch_id=batch.id, filename=name[:512], storage_key=key, content_sha256=digest, **meta)
+                   for name, key, digest, meta in accepted]
         session.add_all(studies)
         session.flush()
-        study_ids = [study.id for study in studies]
-        audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(study_ids),
+        held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
+        study_ids = [study.id for study in studies if study.id not in held]
+        audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(studies),
               rejected=len(rejected), source=source)
     enqueue_studies(services, study_ids)
     return batch, rejected

@@ -13,6 +13,8 @@ from db.models import Prediction, ReviewFlag, Study, utcnow
 from db.session import audit
 from models.imaging import ImageDecodeError, decode_image, to_png
 from pneumoscreen.storage import Storage
+from worker.duplicates import resolve_duplicates
+from worker.dicom_intake import scope_flag
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ def _record(sessions: sessionmaker[Session], screener, study_ids: list[int], out
                 continue
             _store_finding(session, screener, study, outcome.finding)
             counts["done"] += 1
+        resolve_duplicates(session, study_ids)  # the same file uploaded again meanwhile
     logger.info("batch of %d studies: %s", len(study_ids), counts)
     return counts
 
@@ -126,6 +129,8 @@ def _store_finding(session: Session, screener, study: Study, finding) -> None:
         threshold=float(finding.threshold), crop_box=[float(v) for v in finding.crop_box]))
     audit(session, None, "study.result", "study", study.id, prediction=finding.prediction,
           probability=round(float(finding.probability), 4), model_version=screener.version)
-    if finding.flagged:
-        session.add(ReviewFlag(study_id=study.id, reason=finding.flag_reason))
-        audit(session, None, "study.flag", "study", study.id, reason=finding.flag_reason)
+    # DICOM scope: non-radiographs and lateral-only studies are flagged out_of_scope (worker/dicom_intake.py).
+    flag_reason = scope_flag(session, study, finding.flag_reason if finding.flagged else None)
+    if flag_reason:
+        session.add(ReviewFlag(study_id=study.id, reason=flag_reason))
+        audit(session, None, "study.flag", "study", study.id, reason=flag_reason)

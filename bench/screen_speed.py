@@ -1,0 +1,51 @@
+"""Images/s of Screener.screen on one batch versus one image per call (a ratio, no asserts).
+
+Usage: python bench/screen_speed.py [WEIGHTS_DIR] [DATA_DIR] [--count 256]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.imaging import decode_image  # noqa: E402
+from models.screener import Screener  # noqa: E402
+
+
+def rate(screener: Screener, images: list[np.ndarray], batched: bool) -> float:
+    """Images per second for one pass (after a warm-up call)."""
+    screener.screen(images[:2])
+    started = time.perf_counter()
+    if batched:
+        screener.screen(images)
+    else:
+        for image in images:
+            screener.screen([image])
+    return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    """Print batched and per-image throughput and their ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", type=Path, nargs="?", default=ROOT / "models" / "weights")
+    parser.add_argument("data", type=Path, nargs="?", default=ROOT.parent / "shared" / "data" / "kermany-train")
+    parser.add_argument("--count", type=int, default=256)
+    args = parser.parse_args()
+    paths = sorted(args.data.glob("*/*.jpeg"))
+    paths = [paths[i] for i in np.random.default_rng(0).choice(len(paths), args.count, replace=False)]
+    started = time.perf_counter()
+    images = [decode_image(p.read_bytes()) for p in paths]
+    decode_rate = len(images) / (time.perf_counter() - started)
+    screener = Screener.load(args.weights)
+    batched = rate(screener, images, batched=True)
+    single = rate(screener, images, batched=False)
+    print(f"{len(images)} images: decode {decode_rate:.0f} img/s; screen batched {batched:.1f} img/s, "
+          f"per-image {single:.1f} img/s, ratio {batched / single:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

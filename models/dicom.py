@@ -1,0 +1,131 @@
+"""Read DICOM chest films: pixels as float32 [0, 1] as a radiologist would see them, and safe header facts."""
+import io
+import logging
+
+import numpy as np
+
+from models.imaging import MAX_PIXELS, ImageDecodeError
+
+logger = logging.getLogger(__name__)
+
+# Groups a DICOM data set without preamble and file meta can start with (little endian).
+_BARE_GROUPS = (b"\x02\x00", b"\x08\x00")
+_GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# Header attributes kept on a study row, with the column width; never patient name or id.
+META_FIELDS = {
+    "study_instance_uid": ("StudyInstanceUID", 64), "series_instance_uid": ("SeriesInstanceUID", 64),
+    "sop_instance_uid": ("SOPInstanceUID", 64), "modality": ("Modality", 16),
+    "view_position": ("ViewPosition", 16), "patient_age": ("PatientAge", 8),
+    "body_part": ("BodyPartExamined", 32),
+}
+
+
+def is_dicom(data: bytes) -> bool:
+    """True for a DICOM Part 10 file, or a bare data set (no preamble/meta) starting at group 0002/0008."""
+    if data[128:132] == b"DICM":
+        return True
+    if data[:2] not in _BARE_GROUPS or len(data) < 8:
+        return False
+    # Explicit VR: two upper-case letters; implicit VR: a 4-byte length well inside the file.
+    explicit_vr = data[4:6].isalpha() and data[4:6].isupper()
+    return explicit_vr or int.from_bytes(data[4:8], "little") < len(data)
+
+
+def read_dataset(data: bytes, pixels: bool = True):
+    """Parse DICOM bytes with pydicom; a bare data set gets the transfer syntax it was read with."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=not pixels)
+    except Exception as exc:  # pydicom raises many kinds on a broken file; all mean "unreadable"
+        raise ImageDecodeError(f"not a readable DICOM file: {exc}") from None
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        implicit, little = ds.original_encoding
+        if not little:
+            raise ImageDecodeError("big-endian DICOM without file meta is not supported")
+        ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ds
+
+
+def check_dicom(data: bytes) -> str | None:
+    """A look at the header at the door: None when the file carries a grayscale image we can decode."""
+    try:
+        ds = read_dataset(data)  # parsing is cheap: pixels are only decoded by pixel_array
+    except ImageDecodeError as exc:
+        return str(exc)
+    return _header_problem(ds)
+
+
+def _header_problem(ds) -> str | None:
+    if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
+        return "DICOM file has no image (no pixel data): send the radiograph, not a report or structure"
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric not in _GRAYSCALE:
+        return f"DICOM image is {photometric}, not a grayscale radiograph"
+    if int(ds.Rows) * int(ds.Columns) > MAX_PIXELS:
+        return f"DICOM image is {ds.Columns}x{ds.Rows} px, over the {MAX_PIXELS:,} pixel limit"
+    return None
+
+
+def decode_dicom(data: bytes) -> np.ndarray:
+    """Decode to a 2-D float32 array in [0, 1], bright bone: modality LUT, VOI LUT or window, MONOCHROME1 inverted."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = read_dataset(data)
+    problem = _header_problem(ds)
+    if problem:
+        raise ImageDecodeError(problem)
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # a missing codec plugin, a truncated frame, a broken JPEG 2000 stream...
+        raise ImageDecodeError(f"cannot decode DICOM pixel data ({ds.file_meta.TransferSyntaxUID.name}): {exc}") from None
+    if stored.ndim == 3:  # multi-frame: the first frame is the film
+        stored = stored[0]
+    values = apply_modality_lut(stored, ds)
+    if "VOILUTSequence" in ds:
+        # A LUT is indexed by whole numbers: rescaled values are rounded back to integers first.
+        values = apply_voi_lut(np.rint(values).astype(np.int32), ds, prefer_lut=True)
+        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        pixels = _stretch(values.astype(np.float32), 0.0, float(2 ** out_bits - 1))
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        pixels = _window(values.astype(np.float32), _first(ds.WindowCenter), _first(ds.WindowWidth))
+    else:
+        values = values.astype(np.float32)
+        pixels = _stretch(values, *np.percentile(values, (0.5, 99.5)))
+    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
+        pixels = 1.0 - pixels  # MONOCHROME1: low values are white; the models expect bright bone
+    return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def _first(value) -> float:
+    """Window centre/width may be multi-valued: the first is the default view."""
+    return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+
+
+def _window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear VOI window (PS3.3 C.11.2.1.2.1), straight to [0, 1]."""
+    width = max(width, 1.0)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, np.float32)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def header_meta(data: bytes) -> dict | None:
+    """Study-row attributes from the header (UIDs, modality, view, age, body part); None if unreadable."""
+    try:
+        ds = read_dataset(data, pixels=False)
+    except ImageDecodeError:
+        return None
+    meta = {}
+    for column, (keyword, width) in META_FIELDS.items():
+        value = str(ds.get(keyword, "") or "").strip().upper() if keyword in ("Modality", "ViewPosition") \
+            else str(ds.get(keyword, "") or "").strip()
+        meta[column] = value[:width] or None
+    return meta

@@ -1,0 +1,91 @@
+"""A reviewer in a real browser: log in, upload a zip, watch progress reach 100%, decide with a key.
+
+Runs `pneumoscreen up` on the embedded default and Debian's Chromium through Playwright.
+Screenshots go to test-output/ (gitignored).
+"""
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.cli.test_up import _free_port, _get, _wait
+from tests.conftest import REPO, data_dir, sample_films, zip_bytes
+from tests.dicom.factory import chest_pixels, dataset, to_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = REPO / "test-output"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="no /usr/bin/chromium: `apt-get install -y chromium` (see .ci/run)")
+
+
+@pytest.fixture
+def portal(tmp_path, tiny_weights):
+    """`pneumoscreen up` on a free port: yields (base url, admin password); Ctrl-C at the end."""
+    port = _free_port()
+    env = {"PATH": "/usr/bin:/bin", "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"),
+           "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights), "PNEUMOSCREEN_BATCH_SIZE": "4"}
+    process = subprocess.Popen([sys.executable, "-m", "pneumoscreen", "up", "--port", str(port)], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        password = _wait(lambda: re.search(r"user 'admin' with password (\S+)", "".join(output)), 60, "admin")[1]
+        _wait(lambda: _get(f"{base}/healthz") == 200, 60, "the portal")
+        yield base, password
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+
+
+def test_reviewer_uploads_watches_progress_and_decides_by_key(portal, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, password = portal
+    films = {path.name: path.read_bytes() for path in sample_films("NORMAL", 3) + sample_films("PNEUMONIA", 3)}
+    films["chest-cr.dcm"] = (data_dir("dicom") / "CR-MONO1-10-chest.dcm").read_bytes()
+    films["lateral-only.dcm"] = to_bytes(dataset(chest_pixels(), view="LL"))  # out_of_scope: flagged for sure
+    upload = tmp_path / "films.zip"
+    upload.write_bytes(zip_bytes(films))
+    SHOTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(f"{base}/login")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit], input[type=submit]")
+        page.goto(f"{base}/upload")
+        page.set_input_files("input[name=files]", str(upload))
+        page.click("form button[type=submit], form input[type=submit] >> nth=-1")
+
+        expect(page.locator(".summary .pct")).to_have_text("100%", timeout=120_000)
+        expect(page.locator(".summary .done")).to_have_text(str(len(films)))
+        page.screenshot(path=str(SHOTS / "browser-1-batch-done.png"), full_page=True)
+
+        # The real CR film when the tiny model flagged it; the lateral-only film is flagged out_of_scope for sure.
+        real = page.locator("tr", has_text="chest-cr.dcm").locator("td.flag a")
+        flagged = real if real.count() else page.locator("td.flag a", has_text="out_of_scope").first
+        study_url = flagged.get_attribute("href")
+        flagged.click()
+        expect(page.locator("#workstation")).to_have_attribute("data-ready", "1")
+        page.locator("#ww").fill("120")  # window narrower: the canvas is redrawn
+        expect(page.locator("#workstation")).to_have_attribute("data-window", "120/128")
+        page.screenshot(path=str(SHOTS / "browser-2-study.png"), full_page=True)
+
+        page.keyboard.press("n")
+        expect(page.locator(".flashes")).to_contain_text("decision recorded")
+        page.screenshot(path=str(SHOTS / "browser-3-decided.png"), full_page=True)
+        page.goto(base + study_url)
+        expect(page.locator("ul.reviews")).to_contain_text("admin: normal")
+        browser.close()

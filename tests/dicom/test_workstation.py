@@ -1,0 +1,46 @@
+"""The review page as a workstation: viewer, decision keys, heatmap overlay only when the model made one."""
+import re
+
+from sqlalchemy import select
+
+from db.models import Study
+from models.imaging import to_png
+from tests.conftest import bearer
+from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from tests.dicom.test_stow import _post
+from worker import pipeline
+
+
+def _login(client, username: str, password: str):
+    token = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', client.get("/login").data)[1].decode()
+    return client.post("/login", data={"username": username, "password": password, "csrf_token": token})
+
+
+def test_review_page_heatmap_toggle_and_keys(app, users):
+    client = app.test_client()
+    lateral_only = dataset(chest_pixels(), view="LL")  # out_of_scope: always flagged
+    assert _post(client, users["uploader"], [("application/dicom", to_bytes(lateral_only))]).status_code == 200
+    services = app.extensions["pneumoscreen"]
+    with services.sessions() as session:
+        study_id = session.scalars(select(Study.id)).one()
+    pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir),
+                       [study_id])
+    _login(client, "reviewer", "reviewer-password")
+    page = client.get(f"/review/{study_id}").get_data(as_text=True)
+    assert 'id="workstation"' in page and "viewer.js" in page and 'data-key="p"' in page
+    assert "out_of_scope" in page and "heatmap-toggle" not in page
+    assert client.get(f"/studies/{study_id}/heatmap.png").status_code == 404
+
+    services.storage.put_derived(study_id, "heatmap", to_png(chest_pixels() / 4095.0))
+    page = client.get(f"/review/{study_id}").get_data(as_text=True)
+    assert "heatmap-toggle" in page and f"/studies/{study_id}/heatmap.png" in page
+    image = client.get(f"/studies/{study_id}/heatmap.png")
+    assert image.status_code == 200 and image.data[:4] == b"\x89PNG"
+    batch_page = client.get(f"/batches/{session_batch(app, study_id)}").get_data(as_text=True)
+    assert ".csv" in batch_page and "Download results" in batch_page
+    assert client.get("/api/v1/batches/1.csv", headers=bearer(users["uploader"])).status_code == 200
+
+
+def session_batch(app, study_id: int) -> int:
+    with app.extensions["pneumoscreen"].sessions() as session:
+        return session.get(Study, study_id).batch_id

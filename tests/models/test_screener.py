@@ -1,0 +1,72 @@
+"""Screener on the tiny untrained bundle: well-formed findings, batching, and input validation."""
+import json
+
+import numpy as np
+import pytest
+
+from models.screener import Finding, Screener
+
+SIZES = [(300, 200), (64, 64), (512, 380), (224, 224), (90, 500)]
+
+
+def films() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.random(size, dtype=np.float32) for size in SIZES]
+
+
+def test_findings_are_well_formed(tiny_screener):
+    findings = tiny_screener.screen(films())
+    assert len(findings) == len(SIZES)
+    for finding in findings:
+        assert isinstance(finding, Finding)
+        assert 0.0 <= finding.probability <= 1.0
+        assert finding.threshold == tiny_screener.threshold
+        expected = "PNEUMONIA" if finding.probability >= finding.threshold else "NORMAL"
+        assert finding.prediction == expected
+        assert finding.flagged == (finding.flag_reason is not None)
+        if finding.prediction == "PNEUMONIA":
+            assert not finding.flagged
+        elif finding.flagged:
+            assert set(finding.flag_reason.split(",")) <= {"near_threshold", "lung_crop_failed"}
+        x0, y0, x1, y1 = finding.crop_box
+        assert 0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0
+        assert finding.crop.ndim == 2 and finding.crop.dtype == np.float32
+        assert 0.0 <= finding.crop.min() and finding.crop.max() <= 1.0
+
+
+def test_tiny_bundle_flags_normal_calls(tiny_screener):
+    # Untrained: probabilities near 0.5, inside [flag_band_low 0.4, threshold 0.6); random masks fall back.
+    findings = tiny_screener.screen(films())
+    assert all(f.prediction == "NORMAL" and f.flagged for f in findings)
+    assert any("near_threshold" in f.flag_reason for f in findings)
+
+
+def test_batched_equals_one_by_one(tiny_screener):
+    images = films()
+    batched = [f.probability for f in tiny_screener.screen(images)]
+    single = [tiny_screener.screen([image])[0].probability for image in images]
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_empty_list(tiny_screener):
+    assert tiny_screener.screen([]) == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((100, 100, 3), np.float32), "2-D"),
+    (np.zeros((100, 100), np.uint8), "dtype uint8"),
+    (np.full((100, 100), np.nan, np.float32), "NaN"),
+    (np.full((100, 100), 255.0, np.float32), r"expected \[0, 1\]"),
+    (np.zeros((8, 100), np.float32), "too small"),
+    ([[0.0, 1.0]], "numpy array"),
+])
+def test_bad_input_raises_value_error(tiny_screener, bad, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_screener.screen([np.zeros((64, 64), np.float32), bad])
+
+
+def test_load_reports_missing_files(tmp_path, tiny_bundle):
+    with pytest.raises(FileNotFoundError, match="classifier.keras"):
+        Screener.load(tmp_path)
+    meta = json.loads((tiny_bundle / "classifier.json").read_text())
+    assert Screener.load(tiny_bundle).version == meta["version"]

@@ -1,0 +1,33 @@
+"""The shipped weights load and separate a handful of real NORMAL and PNEUMONIA training films."""
+from pathlib import Path
+
+import numpy as np
+
+from models.crop import FALLBACK_BOX
+from models.evaluate import roc_auc
+from models.imaging import decode_image
+from models.screener import Screener
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
+
+PER_CLASS = 8
+
+
+def pick(folder, count: int) -> list:
+    paths = sorted(folder.glob("*.jpeg"))
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
+
+
+def test_shipped_weights_separate_real_films(data_dir):
+    screener = Screener.load(WEIGHTS_DIR)
+    assert screener.name == "pneumoscreen-cnn" and "+" in screener.version
+    assert 0.0 < screener.threshold <= 0.5
+    paths = pick(data_dir / "kermany-train" / "NORMAL", PER_CLASS) + pick(
+        data_dir / "kermany-train" / "PNEUMONIA", PER_CLASS)
+    labels = np.r_[np.zeros(PER_CLASS), np.ones(PER_CLASS)]
+    findings = screener.screen([decode_image(p.read_bytes()) for p in paths])
+    probs = np.array([f.probability for f in findings])
+    assert probs[labels == 1].mean() > probs[labels == 0].mean() + 0.3, probs
+    assert roc_auc(probs, labels) > 0.9, probs
+    # The segmenter must find clear normal lungs, not fall back to the central box.
+    assert sum(f.crop_box == FALLBACK_BOX for f in findings) <= 1

@@ -1,0 +1,47 @@
+"""A small world for access tests: two departments, one user per role, a screened and flagged study."""
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import select
+
+from db.accounts import create_user, ensure_department, issue_token
+from db.models import ApiToken, ReviewFlag, Study
+from pneumoscreen.inputs import Item
+from tests.security.corpus import encode, film
+from worker import pipeline
+from worker.intake import submit_batch
+
+
+@dataclass
+class World:
+    """Who is who (role -> token, None for anonymous) and the objects they act on."""
+
+    tokens: dict
+    ids: dict
+    counter: itertools.count = field(default_factory=itertools.count)
+
+
+@pytest.fixture
+def world(app) -> World:
+    services = app.extensions["pneumoscreen"]
+    tokens, ids = {"anonymous": None}, {}
+    with services.sessions.begin() as session:
+        radiology, other = ensure_department(session, "Radiology"), ensure_department(session, "Elsewhere")
+        for key, role, department in (("uploader", "uploader", radiology), ("other", "uploader", other),
+                                      ("reviewer", "reviewer", None), ("admin", "admin", None),
+                                      ("spare", "uploader", None)):
+            user = create_user(session, key, role, f"{key}-password", department_id=department.id if department else None)
+            tokens[key] = issue_token(session, user, "matrix")
+            ids[f"{key}_user"] = user.id
+    batch, _ = submit_batch(services, [Item("film.png", encode(film(), "PNG"))], ids["uploader_user"], "api")
+    with services.sessions.begin() as session:
+        study_id = session.scalar(select(Study.id).where(Study.batch_id == batch.id))
+    pipeline.run_batch(services.sessions, services.storage,
+                       pipeline.load_screener(services.settings.weights_dir), [study_id])
+    with services.sessions.begin() as session:
+        if session.scalar(select(ReviewFlag).where(ReviewFlag.study_id == study_id)) is None:
+            session.add(ReviewFlag(study_id=study_id, reason="near_threshold"))
+        ids["spare_token"] = session.scalar(select(ApiToken.id).where(ApiToken.user_id == ids["spare_user"]))
+    ids.update(batch=batch.id, study=study_id)
+    return World(tokens, ids)

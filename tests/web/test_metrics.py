@@ -1,0 +1,43 @@
+"""Prometheus /metrics from the database: queue depth, results per model version, flags, errors, latency."""
+import io
+
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from db.models import Study
+from tests.conftest import bearer, zip_bytes
+from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from worker import pipeline
+
+
+def _scrape(client) -> dict:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True))
+            for sample in family.samples}
+
+
+def test_metrics_follow_the_database(app, users):
+    client = app.test_client()
+    upload = zip_bytes({"frontal.dcm": to_bytes(dataset(chest_pixels())),
+                        "lateral.dcm": to_bytes(dataset(chest_pixels(), view="LL")),
+                        "broken.dcm": to_bytes(dataset(chest_pixels()))[:-2000]})
+    response = client.post("/api/v1/batches", data={"files": [(io.BytesIO(upload), "x.zip")]},
+                           headers=bearer(users["uploader"]), content_type="multipart/form-data")
+    assert response.status_code == 202
+    before = _scrape(client)
+    assert before[("pneumoscreen_queue_depth", ())] == 3
+    assert before[("pneumoscreen_studies", (("status", "queued"),))] == 3
+
+    services = app.extensions["pneumoscreen"]
+    with services.sessions() as session:
+        ids = session.scalars(select(Study.id)).all()
+    pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir), ids)
+    after = _scrape(client)
+    assert after[("pneumoscreen_queue_depth", ())] == 0
+    assert after[("pneumoscreen_results_total", (("model", "tiny-cnn"), ("model_version", "0.0.0+tiny")))] == 2
+    assert after[("pneumoscreen_study_errors_total", ())] == 1
+    assert after[("pneumoscreen_flags_total", (("reason", "out_of_scope"), ("state", "open")))] == 1
+    assert after[("pneumoscreen_studies_per_second", ())] == 3 / 300
+    assert after[("pneumoscreen_result_latency_seconds", (("quantile", "0.5"),))] > 0

@@ -1,0 +1,49 @@
+"""Results out as CSV: one row per study of a batch, with the DICOM study it belongs to."""
+import csv
+import io
+import logging
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from db.models import Study
+from web import db
+from web.auth import roles_required
+from web.queries import visible_batch
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("exports", __name__, url_prefix="/api/v1")
+
+COLUMNS = ["study_id", "filename", "status", "probability", "prediction", "threshold", "flagged",
+           "flag_reason", "review_status", "review_decision", "model_version", "study_instance_uid",
+           "sop_instance_uid", "modality", "view_position", "error"]
+
+
+@bp.get("/batches/<int:batch_id>.csv")
+@roles_required("uploader", "reviewer", "admin")
+def batch_csv(batch_id: int):
+    batch = visible_batch(db(), batch_id)
+    if batch is None:
+        return jsonify(error="no such batch"), 404
+    studies = db().scalars(select(Study).where(Study.batch_id == batch.id).order_by(Study.id).options(
+        selectinload(Study.prediction), selectinload(Study.flag))).all()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    writer.writerows(csv_row(study) for study in studies)
+    return Response(buffer.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="batch-{batch.id}.csv"'})
+
+
+def csv_row(study: Study) -> list:
+    """One study as CSV cells; spreadsheet formulas in file names are defused."""
+    prediction, flag = study.prediction, study.flag
+    latest = flag.latest if flag else None
+    filename = "'" + study.filename if study.filename[:1] in ("=", "+", "-", "@") else study.filename
+    return [study.id, filename, study.status,
+            f"{prediction.probability:.4f}" if prediction else "", prediction.prediction if prediction else "",
+            prediction.threshold if prediction else "", int(flag is not None), flag.reason if flag else "",
+            flag.status if flag else "", latest.decision if latest else "",
+            prediction.model_version if prediction else "", study.study_instance_uid or "",
+            study.sop_instance_uid or "", study.modality or "", study.view_position or "", study.error or ""]

@@ -1,0 +1,65 @@
+"""The same file uploaded again: recognised by content hash, answered from the first study's result."""
+import logging
+from typing import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Prediction, ReviewFlag, Study, utcnow
+from db.session import audit
+
+logger = logging.getLogger(__name__)
+
+
+def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
+    """Point each study at an earlier one with the same content; returns the ids needing no inference."""
+    held = set()
+    for study in studies:
+        original = session.scalar(
+            select(Study).where(Study.content_sha256 == study.content_sha256, Study.id < study.id,
+                                Study.duplicate_of_id.is_(None), Study.status != "error")
+            .order_by(Study.id).limit(1))
+        if original is None:
+            continue
+        study.duplicate_of_id = original.id
+        held.add(study.id)
+        audit(session, None, "study.duplicate", "study", study.id, duplicate_of=original.id)
+        if original.status == "done":
+            copy_result(session, original, study)
+    return held
+
+
+def resolve_duplicates(session: Session, original_ids: list[int]) -> int:
+    """Finish the studies waiting on these originals with the originals' outcome; returns how many."""
+    waiting = session.scalars(
+        select(Study).where(Study.duplicate_of_id.in_(original_ids),
+                            Study.status.in_(("queued", "running"))).with_for_update()).all()
+    resolved = 0
+    for study in waiting:
+        original = session.get(Study, study.duplicate_of_id)
+        if original.status == "done":
+            copy_result(session, original, study)
+        elif original.status == "error":
+            study.status, study.finished_at = "error", utcnow()
+            study.error = f"same file as study {original.id}: {original.error}"
+            audit(session, None, "study.error", "study", study.id, reason=study.error)
+        else:
+            continue
+        resolved += 1
+    return resolved
+
+
+def copy_result(session: Session, original: Study, study: Study) -> None:
+    """Give `study` the original's prediction (and review flag) without running the models again."""
+    source = original.prediction
+    study.status, study.error, study.finished_at = "done", None, utcnow()
+    session.add(Prediction(
+        study_id=study.id, model_name=source.model_name, model_version=source.model_version,
+        probability=source.probability, prediction=source.prediction, threshold=source.threshold,
+        crop_box=list(source.crop_box), details={**(source.details or {}), "duplicate_of": original.id}))
+    audit(session, None, "study.result", "study", study.id, prediction=source.prediction,
+          probability=round(source.probability, 4), model_version=source.model_version,
+          duplicate_of=original.id)
+    if original.flag is not None:
+        session.add(ReviewFlag(study_id=study.id, reason=original.flag.reason))
+        audit(session, None, "study.flag", "study", study.id, reason=original.flag.reason)
