@@ -43,10 +43,12 @@ def choose_flag_band(probs: np.ndarray, labels: np.ndarray, threshold: float,
     normal_calls = probs < threshold
     call_probs = probs[normal_calls]
     missed = probs[normal_calls & (labels == 1)]
-    band_low = float(np.quantile(call_probs, 1 - max_flag_share)) if len(call_probs) else threshold
+    # Round up at 4 decimals: probabilities here sit near 0.01, where 3 decimals move the share a lot.
+    band_low = threshold
+    if len(call_probs):
+        band_low = float(np.ceil(np.quantile(call_probs, 1 - max_flag_share) * 1e4) / 1e4)
     if len(missed) and missed.min() > band_low:
-        band_low = float(missed.min())  # a narrower band already catches every miss
-    band_low = float(np.floor(band_low * 1000) / 1000)
+        band_low = float(np.floor(missed.min() * 1e4) / 1e4)  # a narrower band already catches every miss
     flagged = normal_calls & (probs >= band_low)
     return {
         "flag_band_low": band_low,

@@ -103,8 +103,8 @@ def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs
     del films, crops
 
     model = _fit(x[train], labels[train], x[val], labels[val], epochs, seed)
-    logits = np.concatenate([compiled(model)(x[val][i:i + 256, ..., None]).numpy()[:, 0]
-                             for i in range(0, len(val), 256)])
+    call, x_val = compiled(model), x[val]
+    logits = np.concatenate([call(x_val[i:i + 256, ..., None]).numpy()[:, 0] for i in range(0, len(val), 256)])
     y_val = labels[val]
     temperature = fit_temperature(logits, y_val)
     probs = sigmoid(logits / temperature)

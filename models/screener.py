@@ -68,10 +68,11 @@ class Screener:
 
     def screen(self, images: list[np.ndarray]) -> list[Finding]:
         """Screen decode_image() outputs of any size; models run once per chunk of CHUNK films."""
-        films = [squash(_checked(i, image)) for i, image in enumerate(images)]
+        # Check every image before any work, so a bad one fails the call fast and names itself.
+        checked = [_checked(i, image) for i, image in enumerate(images)]
         findings: list[Finding] = []
-        for start in range(0, len(films), CHUNK):
-            findings += self._screen_batch(np.stack(films[start:start + CHUNK]))
+        for start in range(0, len(checked), CHUNK):
+            findings += self._screen_batch(np.stack([squash(image) for image in checked[start:start + CHUNK]]))
         return findings
 
     def _screen_batch(self, films: np.ndarray) -> list[Finding]:
