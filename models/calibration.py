@@ -38,18 +38,24 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, target_sensitivity: 
 
 
 def choose_flag_band(probs: np.ndarray, labels: np.ndarray, threshold: float,
-                     max_flag_share: float = 0.15) -> dict:
-    """Lower edge of the near-threshold band: catch the missed pneumonias, flag <= max share of NORMAL calls."""
+                     max_flag_share: float = 0.15, other_flags: np.ndarray | None = None) -> dict:
+    """Lower edge of the near-threshold band: catch the missed pneumonias, flag <= max share of NORMAL calls.
+
+    `other_flags` marks films flagged for other reasons: the band and they together stay within the share.
+    """
+    other = np.zeros(len(probs), bool) if other_flags is None else np.asarray(other_flags, bool)
     normal_calls = probs < threshold
-    call_probs = probs[normal_calls]
     missed = probs[normal_calls & (labels == 1)]
-    # Round up at 4 decimals: probabilities here sit near 0.01, where 3 decimals move the share a lot.
+    budget = int(np.floor(max_flag_share * normal_calls.sum())) - int((other & normal_calls).sum())
+    # Widen the band one NORMAL call at a time (highest first) while the budget allows.
+    band_candidates = np.sort(probs[normal_calls & ~other])[::-1]
     band_low = threshold
-    if len(call_probs):
-        band_low = float(np.ceil(np.quantile(call_probs, 1 - max_flag_share) * 1e4) / 1e4)
+    if budget > 0 and len(band_candidates):
+        # Round up at 4 decimals: probabilities here sit near 0.01, where 3 decimals move the share a lot.
+        band_low = float(np.ceil(band_candidates[min(budget, len(band_candidates)) - 1] * 1e4) / 1e4)
     if len(missed) and missed.min() > band_low:
         band_low = float(np.floor(missed.min() * 1e4) / 1e4)  # a narrower band already catches every miss
-    flagged = normal_calls & (probs >= band_low)
+    flagged = normal_calls & ((probs >= band_low) | other)
     return {
         "flag_band_low": band_low,
         "fn_flagged_share": float(flagged[labels == 1].sum() / max(len(missed), 1)) if len(missed) else None,

@@ -25,20 +25,21 @@ MAX_FLAG_SHARE = 0.15
 BATCH = 32
 
 
-def build_classifier(size: int = INPUT_SIZE, stem: int = 32, widths: tuple[int, ...] = (64, 128, 256, 512)):
+def build_classifier(size: int = INPUT_SIZE, stem: int = 32, widths: tuple[int, ...] = (64, 128, 256, 512),
+                     bn_momentum: float = 0.99):
     """Conv stem + separable-conv stages + global pooling -> one pneumonia logit."""
     import keras
     from keras import layers
 
     inputs = keras.Input((size, size, 1), name="crop")
     x = layers.Conv2D(stem, 3, padding="same", use_bias=False)(inputs)
-    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.ReLU()(layers.BatchNormalization(momentum=bn_momentum)(x))
     for filters in widths:
         x = layers.MaxPooling2D()(x)
         for _ in range(2):
             x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
-            x = layers.ReLU()(layers.BatchNormalization()(x))
-    x = layers.Dropout(0.3)(layers.GlobalAveragePooling2D()(x))
+            x = layers.ReLU()(layers.BatchNormalization(momentum=bn_momentum)(x))
+    x = layers.Dropout(0.3)(layers.GlobalAveragePooling2D(name="features")(x))
     outputs = layers.Dense(1, name="logit")(x)
     return keras.Model(inputs, outputs, name="pneumonia_cnn")
 
@@ -58,7 +59,7 @@ def build_augmenter(seed: int = 0):
     ], name="augment")
 
 
-def _fit(x_train, y_train, x_val, y_val, epochs: int, seed: int):
+def fit_classifier(x_train, y_train, x_val, y_val, epochs: int, seed: int, bn_momentum: float = 0.99):
     """Train with class weights, label smoothing 0.05 and a warm-up + cosine schedule."""
     import keras
     import tensorflow as tf
@@ -73,7 +74,7 @@ def _fit(x_train, y_train, x_val, y_val, epochs: int, seed: int):
     class_weight = {i: float(len(y_train) / (2 * counts[i])) for i in range(2)}
     schedule = keras.optimizers.schedules.CosineDecay(
         1e-4, decay_steps=max(1, (epochs - 1) * steps), warmup_target=2e-3, warmup_steps=steps)
-    model = build_classifier()
+    model = build_classifier(x_train.shape[1], bn_momentum=bn_momentum)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.05),
                   metrics=[keras.metrics.AUC(from_logits=True, name="auc")])
@@ -102,7 +103,7 @@ def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs
     x = equalize(crops)
     del films, crops
 
-    model = _fit(x[train], labels[train], x[val], labels[val], epochs, seed)
+    model = fit_classifier(x[train], labels[train], x[val], labels[val], epochs, seed)
     call, x_val = compiled(model), x[val]
     logits = np.concatenate([call(x_val[i:i + 256, ..., None]).numpy()[:, 0] for i in range(0, len(val), 256)])
     y_val = labels[val]
@@ -131,4 +132,7 @@ def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs
         "train_seconds": round(time.monotonic() - started), "command": command or " ".join(sys.argv),
     }
     (out_dir / "classifier.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+    # Flag policy, scope gate and robustness come from the serving path over the same data.
+    from models.recalibrate import recalibrate
+
+    return recalibrate(data_dir, out_dir, command=meta["command"], seed=seed)

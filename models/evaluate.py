@@ -45,22 +45,51 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> d
     }
 
 
-def evaluate_folder(data_dir: Path, screener, batch_size: int = 256) -> dict:
-    """Screen every image of data_dir/{NORMAL,PNEUMONIA} and report metrics and flag shares."""
+def evaluate_folder(data_dir: Path, screener, batch_size: int = 64) -> dict:
+    """Screen every image of data_dir/{NORMAL,PNEUMONIA}; metrics, flag shares by reason, out-of-scope share."""
     paths, labels = list_images(Path(data_dir))
-    probs, flagged, normal_calls = [], [], []
+    if not len(paths):
+        raise ValueError(f"no images under {data_dir}/NORMAL or {data_dir}/PNEUMONIA")
+    findings = []
     for start in range(0, len(paths), batch_size):
-        images = [decode_image(p.read_bytes()) for p in paths[start:start + batch_size]]
-        for finding in screener.screen(images):
-            probs.append(finding.probability)
-            flagged.append(finding.flagged)
-            normal_calls.append(finding.prediction == "NORMAL")
-    probs, flagged, normal_calls = np.array(probs), np.array(flagged), np.array(normal_calls)
+        findings += screener.screen([decode_image(p.read_bytes()) for p in paths[start:start + batch_size]])
+    probs = np.array([f.probability for f in findings])
+    reasons = [set((f.flag_reason or "").split(",")) - {""} for f in findings]
     metrics = binary_metrics(probs, labels, screener.threshold)
+    normal_calls = probs < screener.threshold
     missed = normal_calls & (labels == 1)
-    metrics["fn_flagged_share"] = round(float(flagged[missed].mean()), 4) if missed.any() else None
-    metrics["normal_calls_flagged_share"] = (
-        round(float(flagged[normal_calls].mean()), 4) if normal_calls.any() else None)
-    metrics["threshold"] = screener.threshold
+    flagged = np.array([bool(r) for r in reasons])
+
+    def share(mask: np.ndarray, among: np.ndarray) -> float | None:
+        return round(float(mask[among].mean()), 4) if among.any() else None
+
+    metrics.update({
+        "threshold": screener.threshold, "model_version": screener.version,
+        "fn_flagged_share": share(flagged, missed), "normal_calls_flagged_share": share(flagged, normal_calls),
+        "by_reason": {reason: {"fn_share": share(has, missed), "normal_calls_share": share(has, normal_calls),
+                               "all_share": share(has, np.ones(len(has), bool))}
+                      for reason in sorted(set().union(*reasons))
+                      for has in [np.array([reason in r for r in reasons])]},
+        "out_of_scope_share": share(np.array(["out_of_scope" in r for r in reasons]), np.ones(len(probs), bool)),
+    })
     logger.info("evaluated %d images from %s: %s", len(labels), data_dir, metrics)
     return metrics
+
+
+def format_report(metrics: dict) -> str:
+    """The evaluate_folder() result as a few lines of text."""
+    c = metrics["confusion"]
+    lines = [
+        f"model {metrics['model_version']}, threshold {metrics['threshold']}, {metrics['n']} images",
+        f"AUC {metrics['auc']:.4f}  accuracy {metrics['accuracy']:.4f}  "
+        f"sensitivity {metrics['sensitivity']:.4f}  specificity {metrics['specificity']:.4f}",
+        "confusion (rows truth, columns call):     NORMAL  PNEUMONIA",
+        f"  NORMAL                                 {c['tn']:6d}  {c['fp']:9d}",
+        f"  PNEUMONIA                              {c['fn']:6d}  {c['tp']:9d}",
+        f"false negatives flagged: {metrics['fn_flagged_share']}  NORMAL calls flagged: "
+        f"{metrics['normal_calls_flagged_share']}  out_of_scope: {metrics['out_of_scope_share']}",
+    ]
+    for reason, shares in metrics["by_reason"].items():
+        lines.append(f"  {reason}: {shares['fn_share']} of FNs, {shares['normal_calls_share']} of NORMAL calls, "
+                     f"{shares['all_share']} of all")
+    return "\n".join(lines)

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-from models.calibration import sigmoid
-from models.crop import CROP_FAILED, crop_batch, equalize, mask_to_box, squash
+from models.crop import CROP_FAILED, crop_batch, equalize, mask_to_box, resize_batch, squash
+from models.flags import FlagPolicy, flag_reasons
+from models.inference import analyse_crops
+from models.scope import ScopeModel, image_stats
 from models.segmenter import compiled, predict_masks
 
 logger = logging.getLogger(__name__)
 
-NEAR_THRESHOLD = "near_threshold"
 CHUNK = 64
 MIN_SIDE = 32
-FILES = ("segmenter.keras", "segmenter.json", "classifier.keras", "classifier.json")
+FILES = ("segmenter.keras", "segmenter.json", "classifier.keras", "classifier.json", "scope.npz")
 
 
 @dataclass
@@ -29,12 +30,16 @@ class Finding:
     flag_reason: str | None
     crop_box: tuple[float, float, float, float]
     crop: np.ndarray
+    # Grad-CAM in [0, 1] over the lung crop (crop resolution, crop coordinates); see models/heatmap.py.
+    heatmap: np.ndarray | None = None
+    details: dict | None = None
 
 
 class Screener:
     """Segmenter + classifier with their metadata; screens batches of decoded films."""
 
-    def __init__(self, segmenter, classifier, segmenter_meta: dict, classifier_meta: dict):
+    def __init__(self, segmenter, classifier, segmenter_meta: dict, classifier_meta: dict,
+                 scope: ScopeModel | None = None):
         self.segmenter_meta, self.classifier_meta = segmenter_meta, classifier_meta
         self.name: str = classifier_meta["name"]
         self.version: str = classifier_meta["version"]
@@ -43,25 +48,30 @@ class Screener:
         self.temperature: float = float(classifier_meta.get("temperature", 1.0))
         self.seg_size = int(segmenter.input_shape[1])
         self.input_size = int(classifier.input_shape[1])
+        self.policy = FlagPolicy.from_meta(classifier_meta)
+        self.scope = scope
         self._segment = compiled(segmenter)
-        self._classify = compiled(classifier)
+        self._analyse = analyse_crops(classifier)
 
     @classmethod
-    def load(cls, weights_dir: Path) -> "Screener":
-        """Load segmenter.keras/.json and classifier.keras/.json from weights_dir."""
+    def load(cls, weights_dir: Path, with_scope: bool = True) -> "Screener":
+        """Load segmenter/classifier .keras + .json and the scope gate (scope.npz) from weights_dir."""
         weights_dir = Path(weights_dir)
-        missing = [name for name in FILES if not (weights_dir / name).is_file()]
+        needed = FILES if with_scope else FILES[:-1]
+        missing = [name for name in needed if not (weights_dir / name).is_file()]
         if missing:
             raise FileNotFoundError(
                 f"model weights missing in {weights_dir}: {', '.join(missing)} "
-                "(train them with `pneumoscreen train-segmenter` and `pneumoscreen train`)")
+                "(train them with `pneumoscreen train-segmenter` and `pneumoscreen train`; "
+                "scope.npz comes from `python -m models.train --recalibrate`)")
         import keras
 
         segmenter = keras.models.load_model(weights_dir / "segmenter.keras", compile=False)
         classifier = keras.models.load_model(weights_dir / "classifier.keras", compile=False)
         screener = cls(segmenter, classifier,
                        json.loads((weights_dir / "segmenter.json").read_text()),
-                       json.loads((weights_dir / "classifier.json").read_text()))
+                       json.loads((weights_dir / "classifier.json").read_text()),
+                       ScopeModel.load(weights_dir / "scope.npz") if with_scope else None)
         logger.info("loaded %s %s (threshold %.3f) from %s", screener.name, screener.version,
                     screener.threshold, weights_dir)
         return screener
@@ -72,28 +82,37 @@ class Screener:
         checked = [_checked(i, image) for i, image in enumerate(images)]
         findings: list[Finding] = []
         for start in range(0, len(checked), CHUNK):
-            findings += self._screen_batch(np.stack([squash(image) for image in checked[start:start + CHUNK]]))
+            out = self.run(np.stack([squash(image) for image in checked[start:start + CHUNK]]))
+            findings += [self._finding(out, i) for i in range(len(out["probability"]))]
         return findings
 
-    def _screen_batch(self, films: np.ndarray) -> list[Finding]:
-        masks = predict_masks(self._segment, films, self.seg_size, batch_size=len(films))
+    def run(self, films: np.ndarray) -> dict[str, np.ndarray]:
+        """All per-film outputs for a (N, 224, 224) squashed batch, as arrays (calibration uses this too)."""
+        small = resize_batch(films, self.seg_size)
+        masks = predict_masks(self._segment, small, self.seg_size, batch_size=len(films))
         boxes = [mask_to_box(mask) for mask in masks]
         crops = crop_batch(films, boxes, self.input_size)
-        logits = self._classify(equalize(crops)[..., None]).numpy()[:, 0]
-        probs = sigmoid(logits / self.temperature)
-        return [self._finding(float(p), box.box, box.failure, crop) for p, box, crop in zip(probs, boxes, crops)]
+        out = self._analyse(equalize(crops), self.temperature)
+        out.update(boxes=boxes, crops=crops, stats=image_stats(small, masks, crops),
+                   crop_failed=np.array([b.failure == CROP_FAILED for b in boxes]))
+        if self.scope is not None:
+            out["scope"] = self.scope.scores(out["features"], out["stats"])
+        return out
 
-    def _finding(self, prob: float, box, failure: str | None, crop: np.ndarray) -> Finding:
-        pneumonia = prob >= self.threshold
-        reasons = []
-        # Flags ask a person to look at a NORMAL call; a PNEUMONIA call is reviewed anyway.
-        if not pneumonia and failure == CROP_FAILED:
-            reasons.append(CROP_FAILED)
-        if not pneumonia and prob >= self.flag_band_low:
-            reasons.append(NEAR_THRESHOLD)
-        return Finding(probability=prob, prediction="PNEUMONIA" if pneumonia else "NORMAL",
-                       threshold=self.threshold, flagged=bool(reasons),
-                       flag_reason=",".join(reasons) or None, crop_box=box, crop=crop)
+    def _finding(self, out: dict, i: int) -> Finding:
+        prob = float(out["probability"][i])
+        scope = {k: round(float(v[i]), 4) for k, v in out["scope"].items()} if "scope" in out else None
+        reasons = flag_reasons(self.policy, prob, self.threshold, float(out["mc_high"][i]),
+                               bool(out["crop_failed"][i]), out["stats"][i], scope)
+        details = {"scope": scope, "mc_high": round(float(out["mc_high"][i]), 4),
+                   "mc_spread": round(float(out["mc_spread"][i]), 4),
+                   "crop_contrast": round(float(out["stats"][i][3]), 4),
+                   "crop_saturated": round(float(out["stats"][i][8]), 4),
+                   "heatmap": "Grad-CAM on the last conv block, lung-crop coordinates (crop_box on the film)"}
+        box = out["boxes"][i].box
+        return Finding(probability=prob, prediction="PNEUMONIA" if prob >= self.threshold else "NORMAL",
+                       threshold=self.threshold, flagged=bool(reasons), flag_reason=",".join(reasons) or None,
+                       crop_box=box, crop=out["crops"][i], heatmap=out["heatmap"][i], details=details)
 
 
 def _checked(index: int, image) -> np.ndarray:

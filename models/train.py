@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--segmenter", action="store_true")
     what.add_argument("--classifier", action="store_true")
+    what.add_argument("--recalibrate", action="store_true",
+                      help="re-derive calibration, threshold, flags and scope.npz for the weights in --out")
     parser.add_argument("--data", type=Path, required=True, help="lung-masks/ or kermany-train/")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--segmenter-path", type=Path, help="segmenter.keras (classifier only)")
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
 
         meta = train_segmenter(args.data, args.out, epochs=args.epochs or 6, seed=args.seed,
                                command=command)
+    elif args.recalibrate:
+        from models.recalibrate import recalibrate
+
+        meta = recalibrate(args.data, args.out, command=command, seed=args.seed)
     else:
         from models.classifier import train_classifier
 

@@ -199,6 +199,23 @@ def screen(paths: tuple[Path, ...], csv_path: Path | None) -> None:
     click.echo(summary, err=True)
 
 
+@main.command("evaluate")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(data: Path, as_json: bool) -> None:
+    """Screen DATA/NORMAL and DATA/PNEUMONIA; print AUC, accuracy, sensitivity, specificity and flag shares."""
+    import json
+
+    from models.evaluate import evaluate_folder, format_report
+    from models.screener import Screener
+
+    try:
+        metrics = evaluate_folder(data, Screener.load(_settings().weights_dir))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(metrics, indent=2) if as_json else format_report(metrics))
+
+
 @main.command("train-segmenter")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=SHARED_DATA / "lung-masks", show_default=True)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Prediction, ReviewFlag, Study, utcnow
 from db.session import audit
+from models.heatmap import heatmap_png
 from models.imaging import ImageDecodeError, decode_image, to_png
 from pneumoscreen.storage import Storage
 from worker.duplicates import resolve_duplicates
@@ -75,6 +76,9 @@ def run_batch(sessions: sessionmaker[Session], storage: Storage, screener, study
             storage.put_derived(study_id, "thumb", to_png(outcome.image, THUMB_SIDE))
             storage.put_derived(study_id, "view", to_png(outcome.image))
             storage.put_derived(study_id, "crop", to_png(outcome.finding.crop, CROP_SIDE))
+            if outcome.finding.heatmap is not None:  # the workstation overlays it on the film view
+                storage.put_derived(study_id, "heatmap", heatmap_png(
+                    outcome.finding.heatmap, outcome.finding.crop_box, outcome.image.shape))
         elif study_id in missing:
             outcome.error = missing[study_id]
     return _record(sessions, screener, [sid for sid, _ in claimed], outcomes)
@@ -126,10 +130,12 @@ def _store_finding(session: Session, screener, study: Study, finding) -> None:
     session.add(Prediction(
         study_id=study.id, model_name=screener.name, model_version=screener.version,
         probability=float(finding.probability), prediction=finding.prediction,
-        threshold=float(finding.threshold), crop_box=[float(v) for v in finding.crop_box]))
+        threshold=float(finding.threshold), crop_box=[float(v) for v in finding.crop_box],
+        details=finding.details))
     audit(session, None, "study.result", "study", study.id, prediction=finding.prediction,
           probability=round(float(finding.probability), 4), model_version=screener.version)
     # DICOM scope: non-radiographs and lateral-only studies are flagged out_of_scope (worker/dicom_intake.py).
+    # The pixel gate's out_of_scope comes inside the model's reasons ("out_of_scope,near_threshold").
     flag_reason = scope_flag(session, study, finding.flag_reason if finding.flagged else None)
     if flag_reason:
         session.add(ReviewFlag(study_id=study.id, reason=flag_reason))

@@ -28,7 +28,10 @@ def test_review_page_heatmap_toggle_and_keys(app, users):
     _login(client, "reviewer", "reviewer-password")
     page = client.get(f"/review/{study_id}").get_data(as_text=True)
     assert 'id="workstation"' in page and "viewer.js" in page and 'data-key="p"' in page
-    assert "out_of_scope" in page and "heatmap-toggle" not in page
+    assert "out_of_scope" in page and "heatmap-toggle" in page  # the pipeline stores a Grad-CAM overlay
+    services.storage.path(services.storage.put_derived(study_id, "heatmap", b"")).unlink()
+    page = client.get(f"/review/{study_id}").get_data(as_text=True)
+    assert "heatmap-toggle" not in page
     assert client.get(f"/studies/{study_id}/heatmap.png").status_code == 404
 
     services.storage.put_derived(study_id, "heatmap", to_png(chest_pixels() / 4095.0))

@@ -2,6 +2,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +19,14 @@ from pneumoscreen.app import create_app
 from pneumoscreen.settings import Settings
 from tests.conftest import REPO
 
-REDIS_PORT = 6393
-PG_VERSION, PG_CLUSTER, PG_PORT = "15", "faults", 5440
+# Own instances on free ports, named per test run: several people may run the suite on one machine.
+PG_VERSION = "15"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class RedisServer:
@@ -43,7 +50,7 @@ class RedisServer:
 
 @pytest.fixture
 def own_redis(tmp_path):
-    server = RedisServer(REDIS_PORT, tmp_path)
+    server = RedisServer(free_port(), tmp_path)
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     server.start()
@@ -140,12 +147,13 @@ class PostgresCluster:
     """A PostgreSQL cluster of our own (Debian's wrappers work as root; initdb does not)."""
 
     def __init__(self):
-        self.admin_url = f"postgresql://postgres@127.0.0.1:{PG_PORT}/postgres"
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{PG_PORT}/pneumoscreen"
+        self.name, self.port = f"faults{os.getpid()}", free_port()
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/pneumoscreen"
 
     def create(self) -> None:
         self.drop()  # a leftover from an interrupted run
-        subprocess.run(["pg_createcluster", PG_VERSION, PG_CLUSTER, "-p", str(PG_PORT), "--start",
+        subprocess.run(["pg_createcluster", PG_VERSION, self.name, "-p", str(self.port), "--start",
                         "--", "--auth=trust"], check=True, capture_output=True)
         _wait(lambda: psycopg.connect(self.admin_url).close() or True, "our PostgreSQL to answer")
         with psycopg.connect(self.admin_url, autocommit=True) as connection:
@@ -153,15 +161,15 @@ class PostgresCluster:
         upgrade(self.url)
 
     def stop(self) -> None:
-        subprocess.run(["pg_ctlcluster", PG_VERSION, PG_CLUSTER, "stop", "-m", "fast"], check=True,
+        subprocess.run(["pg_ctlcluster", PG_VERSION, self.name, "stop", "-m", "fast"], check=True,
                        capture_output=True)
 
     def start(self) -> None:
-        subprocess.run(["pg_ctlcluster", PG_VERSION, PG_CLUSTER, "start"], check=True, capture_output=True)
+        subprocess.run(["pg_ctlcluster", PG_VERSION, self.name, "start"], check=True, capture_output=True)
         _wait(lambda: psycopg.connect(self.admin_url).close() or True, "our PostgreSQL to come back")
 
     def drop(self) -> None:
-        subprocess.run(["pg_dropcluster", PG_VERSION, PG_CLUSTER, "--stop"], capture_output=True)
+        subprocess.run(["pg_dropcluster", PG_VERSION, self.name, "--stop"], capture_output=True)
 
 
 @pytest.fixture

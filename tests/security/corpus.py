@@ -31,7 +31,7 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def _png_with_corrupt_pixels() -> bytes:
+def png_with_corrupt_pixels() -> bytes:
     """Valid chunk structure and checksums, but the compressed pixel stream is garbage."""
     data = bytearray(encode(film(), "PNG"))
     start = data.index(b"IDAT") + 4
@@ -106,7 +106,7 @@ def bad_at_the_door() -> list[tuple[str, bytes, str]]:
 
 def bad_inside() -> list[tuple[str, bytes, str]]:
     """Files that look fine at the door but cannot be decoded: the study ends in error with a reason."""
-    return [("corrupt-pixels.png", _png_with_corrupt_pixels(), "corrupt")]
+    return [("corrupt-pixels.png", png_with_corrupt_pixels(), "corrupt")]
 
 
 def good() -> dict[str, bytes]:

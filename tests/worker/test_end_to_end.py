@@ -11,6 +11,7 @@ from db.models import AuditEvent, Prediction, Study
 from pneumoscreen.app import create_app
 from pneumoscreen.settings import Settings
 from tests.conftest import REDIS_URL, bearer, sample_films
+from tests.security.corpus import png_with_corrupt_pixels
 
 
 @pytest.fixture
@@ -44,7 +45,8 @@ def test_upload_screen_review_on_postgres_and_redis(redis_app, users_on):
     client = app.test_client()
     films = sample_films("NORMAL", 5) + sample_films("PNEUMONIA", 5)
     upload = {"files": [(io.BytesIO(p.read_bytes()), p.name) for p in films]
-              + [(io.BytesIO(films[0].read_bytes()[:2000]), "broken.jpeg")]}
+              # Passes the door (a truncated file would not: tests/security) but cannot be decoded.
+              + [(io.BytesIO(png_with_corrupt_pixels()), "broken.jpeg")]}
 
     with start_worker(services.celery, pool="solo", perform_ping_check=False, shutdown_timeout=30):
         response = client.post("/api/v1/batches", data=upload, headers=bearer(tokens["uploader"]))

@@ -1,0 +1,54 @@
+"""Review flags: why a NORMAL call may be a missed pneumonia, and the out-of-scope gate."""
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.crop import CROP_FAILED
+from models.scope import OUT_OF_SCOPE, STATS
+
+logger = logging.getLogger(__name__)
+
+NEAR_THRESHOLD = "near_threshold"
+UNCERTAIN = "uncertain"
+LOW_QUALITY = "low_quality"
+REASONS = (OUT_OF_SCOPE, NEAR_THRESHOLD, UNCERTAIN, CROP_FAILED, LOW_QUALITY)
+CROP_STD, SATURATED = STATS.index("crop_std"), STATS.index("saturated")
+
+
+@dataclass(frozen=True)
+class FlagPolicy:
+    """Flag limits from classifier.json (fitted by `python -m models.train --recalibrate`)."""
+
+    band_low: float
+    min_contrast: float = 0.0
+    max_saturated: float = 1.0
+    uncertain: bool = True
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "FlagPolicy":
+        """The policy recorded in classifier.json; the band alone for older bundles."""
+        policy = meta.get("flag_policy", {})
+        return cls(band_low=float(meta["flag_band_low"]), min_contrast=float(policy.get("min_contrast", 0.0)),
+                   max_saturated=float(policy.get("max_saturated", 1.0)),
+                   uncertain=bool(policy.get("uncertain", True)))
+
+
+def flag_reasons(policy: FlagPolicy, prob: float, threshold: float, mc_high: float, crop_failed: bool,
+                 stats: np.ndarray, scope: dict | None) -> list[str]:
+    """Reasons to show this film to a person, in REASONS order; [] for none."""
+    reasons = []
+    if scope is not None and scope["score"] >= 1.0:
+        reasons.append(OUT_OF_SCOPE)  # whatever the call: the model's output means little here
+    if prob < threshold:
+        # Flags ask a person to look at a NORMAL call; a PNEUMONIA call is reviewed anyway.
+        if prob >= policy.band_low:
+            reasons.append(NEAR_THRESHOLD)
+        if policy.uncertain and mc_high >= threshold:
+            reasons.append(UNCERTAIN)
+        if crop_failed:
+            reasons.append(CROP_FAILED)
+        if stats[CROP_STD] < policy.min_contrast or stats[SATURATED] > policy.max_saturated:
+            reasons.append(LOW_QUALITY)
+    return reasons
+

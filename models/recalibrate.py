@@ -1,0 +1,158 @@
+"""Re-derive calibration, threshold, flag policy and the scope gate for trained weights, from data.
+
+`python -m models.train --recalibrate --data DIR --out WEIGHTS` runs the serving path
+(`Screener.run`) over every training film, then rewrites classifier.json's calibration, threshold,
+flag policy and validation figures and writes scope.npz; the .keras weights are not touched.
+"""
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from models.calibration import choose_flag_band, choose_threshold, fit_temperature, sigmoid
+from models.evaluate import binary_metrics
+from models.flags import FlagPolicy, flag_reasons
+from models.scope import STATS, fit_scope
+from models.train import list_images, load_films, patient_split
+
+logger = logging.getLogger(__name__)
+
+TARGET_SENSITIVITY = 0.99
+MAX_FLAG_SHARE = 0.15
+QUALITY_QUANTILE = 0.005
+CHUNK = 256
+
+
+def _perturb(name: str, films: np.ndarray) -> np.ndarray:
+    """A copy of the squashed films under one shift-simulating perturbation."""
+    rng = np.random.default_rng(0)
+    if name == "gamma_0.7":
+        return films ** 0.7
+    if name == "gamma_1.4":
+        return films ** 1.4
+    if name == "contrast_0.7":
+        means = films.mean(axis=(1, 2), keepdims=True)
+        return np.clip(means + 0.7 * (films - means), 0, 1)
+    if name == "noise_0.03":
+        return np.clip(films + rng.normal(0, 0.03, films.shape), 0, 1).astype(np.float32)
+    size = films.shape[1]
+    out = []
+    for film in films:
+        image = Image.fromarray(film.astype(np.float32), mode="F")
+        if name == "blur_1.5":
+            image = Image.fromarray((film * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5))
+            out.append(np.asarray(image, np.float32) / 255)
+        else:  # "resize_96": resolution loss
+            out.append(np.asarray(image.resize((96, 96), Image.Resampling.BILINEAR).resize((size, size))))
+    return np.clip(np.stack(out), 0, 1).astype(np.float32)
+
+
+PERTURBATIONS = ("gamma_0.7", "gamma_1.4", "contrast_0.7", "blur_1.5", "noise_0.03", "resize_96")
+
+
+def run_all(screener, films: np.ndarray) -> dict[str, np.ndarray]:
+    """Screener.run over a large batch in chunks; the arrays concatenated."""
+    parts = [screener.run(films[i:i + CHUNK]) for i in range(0, len(films), CHUNK)]
+    keys = ("logit", "features", "stats", "mc_high", "crop_failed")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
+def policy_shares(screener, policy: FlagPolicy, out: dict, labels: np.ndarray, threshold: float,
+                  temperature: float) -> dict:
+    """Share of false negatives flagged and of NORMAL calls flagged, overall and by reason."""
+    probs = sigmoid(out["logit"] / temperature)
+    scores = screener.scope.scores(out["features"], out["stats"])["score"] if screener.scope else None
+    mc_high = out["mc_high"]
+    reasons = [flag_reasons(policy, probs[i], threshold, mc_high[i], bool(out["crop_failed"][i]), out["stats"][i],
+                            None if scores is None else {"score": scores[i]}) for i in range(len(probs))]
+    normal_calls, missed = probs < threshold, (probs < threshold) & (labels == 1)
+    flagged = np.array([bool(r) for r in reasons])
+    by_reason = {}
+    for reason in sorted({r for rs in reasons for r in rs}):
+        has = np.array([reason in rs for rs in reasons])
+        by_reason[reason] = {"normal_calls": round(float(has[normal_calls].mean()), 4) if normal_calls.any() else None,
+                             "false_negatives": int(has[missed].sum())}
+    return {"flagged": flagged, "n_false_negatives": int(missed.sum()), "fn_flagged": int(flagged[missed].sum()),
+            "fn_flagged_share": round(float(flagged[missed].mean()), 4) if missed.any() else None,
+            "n_normal_calls": int(normal_calls.sum()),
+            "normal_calls_flagged_share": round(float(flagged[normal_calls].mean()), 4) if normal_calls.any() else None,
+            "by_reason": by_reason}
+
+
+def robustness(screener, films: np.ndarray, labels: np.ndarray, temperature: float,
+               thresholds: list[float]) -> dict:
+    """Validation AUC and sensitivity/specificity at each threshold, clean and under each perturbation."""
+    table = {}
+    for name in ("clean", *PERTURBATIONS):
+        logits = run_all(screener, films if name == "clean" else _perturb(name, films))["logit"]
+        probs = sigmoid(logits / temperature)
+        table[name] = {"auc": binary_metrics(probs, labels, 0.5)["auc"], "at": {
+            f"{t:g}": {k: m[k] for k in ("sensitivity", "specificity", "accuracy")}
+            for t in thresholds for m in [binary_metrics(probs, labels, t)]}}
+        logger.info("robustness %s: %s", name, table[name])
+    return table
+
+
+def recalibrate(data_dir: Path, weights_dir: Path, command: str, seed: int = 0) -> dict:
+    """Refit temperature, threshold, flag policy and scope gate; rewrite classifier.json, write scope.npz."""
+    from models.screener import Screener
+
+    started = time.monotonic()
+    weights_dir = Path(weights_dir)
+    screener = Screener.load(weights_dir, with_scope=False)
+    paths, labels = list_images(Path(data_dir))
+    films = load_films(paths)
+    train, val = patient_split(paths, labels, seed=seed)
+    out = run_all(screener, films)
+    logger.info("recalibrate: %d films through the serving path in %.0fs", len(films), time.monotonic() - started)
+
+    y_val = labels[val]
+    temperature = fit_temperature(out["logit"][val], y_val)
+    probs = sigmoid(out["logit"][val] / temperature)
+    threshold = choose_threshold(probs, y_val, TARGET_SENSITIVITY)
+    scope = fit_scope(out["features"][train], labels[train], out["stats"][train])
+    scope.save(weights_dir / "scope.npz")
+    screener.scope = scope
+    stats = out["stats"][train]
+    policy = {"min_contrast": round(float(np.quantile(stats[:, STATS.index("crop_std")], QUALITY_QUANTILE)), 4),
+              "max_saturated": round(float(np.quantile(stats[:, STATS.index("saturated")], 1 - QUALITY_QUANTILE)), 4),
+              "uncertain": True}
+    val_out = {k: v[val] for k, v in out.items()}
+    # The band takes what the other flags leave of the NORMAL-call budget.
+    other = policy_shares(screener, FlagPolicy(threshold, **policy), val_out, y_val, threshold, temperature)
+    band = choose_flag_band(probs, y_val, threshold, MAX_FLAG_SHARE, other.pop("flagged"))
+    shares = policy_shares(screener, FlagPolicy(band["flag_band_low"], **policy), val_out, y_val, threshold,
+                           temperature)
+    shares.pop("flagged")
+    val_scope = scope.scores(out["features"][val], out["stats"][val])["score"]
+
+    meta_path = weights_dir / "classifier.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update({
+        "threshold": threshold, "flag_band_low": band["flag_band_low"], "temperature": round(temperature, 4),
+        "threshold_rule": f"highest threshold with validation sensitivity >= {TARGET_SENSITIVITY}, capped at 0.5",
+        "flag_band_rule": f"lowest band edge (4 decimals) keeping all flags together on <= {MAX_FLAG_SHARE:.0%} "
+                          "of validation NORMAL calls",
+        "flag_policy": policy,
+        "flag_policy_rule": "uncertain: 90th percentile of 32 MC-dropout probabilities >= threshold; "
+                            f"low_quality: crop contrast below / saturated share above the {QUALITY_QUANTILE:.1%} "
+                            "tails of the training crops",
+        "scope": {"file": "scope.npz", "fitted_on": f"{len(train)} training-split films",
+                  "rule": "score = max(feature distance / its 99.5th, each statistic |z| / its 99.9th training percentile); "
+                          "out_of_scope when >= 1",
+                  "val_false_flag_share": round(float((val_scope >= 1).mean()), 4)},
+        "validation": {**binary_metrics(probs, y_val, threshold), "at_0.5": binary_metrics(probs, y_val, 0.5),
+                       "flags": shares},
+        "recalibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "recalibrate_command": command,
+    })
+    meta.pop("flag_band_rule_note", None)
+    thresholds = sorted({threshold, 0.1, 0.2, 0.3, 0.5})
+    meta["robustness"] = robustness(screener, films[val], y_val, temperature, thresholds)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("recalibrated in %.0fs: %s", time.monotonic() - started, {k: meta[k] for k in ("threshold", "validation")})
+    return meta

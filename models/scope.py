@@ -1,0 +1,108 @@
+"""Out-of-scope gate: is this a pediatric frontal chest film like the training ones? (pixels only)
+
+Two signals, each scaled so that 1.0 is its limit, fitted on the training crops:
+- feature distance: Mahalanobis distance of the classifier's pooled features to the nearer class
+  mean (probabilistic PCA: top components plus an isotropic residual);
+- image statistics: robust z-scores of a few film, crop and lung-mask statistics (brightness,
+  contrast, mask area and confidence, lungs darker than their surround, texture, saturation),
+  each over its own limit; the largest counts.
+The score is the larger of the two; a film scoring >= 1 is `out_of_scope`.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+OUT_OF_SCOPE = "out_of_scope"
+STATS = ("film_mean", "film_std", "crop_mean", "crop_std", "mask_area", "mask_confidence",
+         "lung_contrast", "texture", "saturated")
+COMPONENTS = 64
+
+
+def image_stats(films: np.ndarray, masks: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """(N, len(STATS)) statistics of films and masks at the mask's size, and raw crops."""
+    lungs = masks > 0.5
+    dx = np.abs(np.diff(films, axis=2)).mean(axis=(1, 2))
+    dy = np.abs(np.diff(films, axis=1)).mean(axis=(1, 2))
+    inside = (films * lungs).sum(axis=(1, 2)) / np.maximum(lungs.sum(axis=(1, 2)), 1)
+    outside = (films * ~lungs).sum(axis=(1, 2)) / np.maximum((~lungs).sum(axis=(1, 2)), 1)
+    return np.stack([
+        films.mean(axis=(1, 2)), films.std(axis=(1, 2)), crops.mean(axis=(1, 2)), crops.std(axis=(1, 2)),
+        lungs.mean(axis=(1, 2)), np.abs(2 * masks - 1).mean(axis=(1, 2)), outside - inside, dx + dy,
+        (crops >= 0.98).mean(axis=(1, 2)),
+    ], axis=1).astype(np.float32)
+
+
+@dataclass
+class ScopeModel:
+    """Fitted gate parameters, saved as scope.npz beside the weights (~140 KB)."""
+
+    means: np.ndarray        # (2, D) class means of the pooled features
+    components: np.ndarray   # (D, K) top principal directions of the within-class covariance
+    variances: np.ndarray    # (K,) their variances
+    residual: float          # variance per dimension outside the top K
+    feature_limit: float     # distance scaled to 1.0
+    stat_center: np.ndarray  # (S,) medians of STATS
+    stat_scale: np.ndarray   # (S,) robust standard deviations of STATS
+    stat_limit: np.ndarray   # (S,) |z| of each statistic scaled to 1.0
+
+    def scores(self, features: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-image feature score, statistics score and the combined scope score."""
+        feature = feature_distance(self, features) / self.feature_limit
+        stat = (np.abs((stats - self.stat_center) / self.stat_scale) / self.stat_limit).max(axis=1)
+        return {"feature": feature, "stats": stat, "score": np.maximum(feature, stat)}
+
+    def save(self, path: Path) -> None:
+        """Write the parameters to an .npz file."""
+        np.savez_compressed(path, **{k: np.asarray(v, np.float32) for k, v in self.__dict__.items()})
+
+    @classmethod
+    def load(cls, path: Path) -> "ScopeModel":
+        """Read parameters written by save()."""
+        with np.load(path) as data:
+            values = {k: data[k] for k in data.files}
+        return cls(**{k: (float(v) if v.ndim == 0 else v) for k, v in values.items()})
+
+
+def feature_distance(model: ScopeModel, features: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance to the nearer class mean under the PPCA covariance."""
+    best = None
+    for mean in model.means:
+        centered = features.astype(np.float64) - mean
+        proj = centered @ model.components
+        residual = (centered ** 2).sum(axis=1) - (proj ** 2).sum(axis=1)
+        distance = (proj ** 2 / model.variances).sum(axis=1) + np.maximum(residual, 0) / model.residual
+        best = distance if best is None else np.minimum(best, distance)
+    return best
+
+
+def fit_scope(features: np.ndarray, labels: np.ndarray, stats: np.ndarray, quantile: float = 0.995,
+              stat_quantile: float = 0.999, components: int = COMPONENTS) -> ScopeModel:
+    """Fit the gate on in-scope (training) films; limits are quantiles of each score there.
+
+    Each statistic gets its own limit (its `stat_quantile` of |z|): a heavy-tailed one must not set
+    the limit of the others (an adult film shows as lungs filling the frame, not as odd brightness).
+    """
+    features = features.astype(np.float64)
+    means = np.stack([features[labels == c].mean(axis=0) for c in (0, 1)])
+    centered = features - means[labels]
+    eigvals, eigvecs = np.linalg.eigh(np.cov(centered, rowvar=False))
+    order = np.argsort(eigvals)[::-1]
+    eigvals, eigvecs = np.maximum(eigvals[order], 1e-8), eigvecs[:, order]
+    k = min(components, len(eigvals) - 1)
+    residual = float(max(eigvals[k:].mean(), 1e-8))
+    center = np.median(stats, axis=0)
+    q75, q25 = np.percentile(stats, [75, 25], axis=0)
+    robust, std = (q75 - q25) / 1.349, stats.std(axis=0)
+    # Near-constant statistics (e.g. the saturated share, mostly 0) fall back to the plain std.
+    scale = np.maximum(np.where(robust > 0.1 * std, robust, std), 1e-4)
+    model = ScopeModel(means, eigvecs[:, :k], eigvals[:k], residual, 1.0, center, scale, 1.0)
+    raw = model.scores(features, stats)
+    model.feature_limit = float(np.quantile(raw["feature"], quantile))
+    model.stat_limit = np.quantile(np.abs((stats - center) / scale), stat_quantile, axis=0)
+    logger.info("scope gate fitted on %d films: feature limit %.1f, statistic limits %s", len(features),
+                model.feature_limit, np.round(model.stat_limit, 2))
+    return model

@@ -1,0 +1,77 @@
+"""The out-of-scope gate: fitted on synthetic features, and the shipped gate on constructed cases."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.imaging import decode_image
+from models.scope import STATS, ScopeModel, fit_scope
+from models.testing import blank_images, film_variants, synthetic_non_chest
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
+
+
+def test_fit_scope_separates_far_points(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 12))
+    labels = np.arange(400) % 2
+    features[labels == 1] += 3.0
+    stats = rng.normal(size=(400, len(STATS)))
+    model = fit_scope(features, labels, stats, components=4)
+    inside = model.scores(features, stats)["score"]
+    assert 0.002 <= (inside >= 1).mean() <= 0.04  # 99.5th (features) and 99.9th (each statistic) limits
+    far = model.scores(rng.normal(size=(20, 12)) + 15.0, rng.normal(size=(20, len(STATS))))
+    assert (far["feature"] > 1).all() and (far["score"] > 1).all()
+    odd_stats = stats[:20].copy()
+    odd_stats[:, 0] += 30.0
+    assert (model.scores(features[:20], odd_stats)["stats"] > 1).all()
+    model.save(tmp_path / "scope.npz")
+    again = ScopeModel.load(tmp_path / "scope.npz")
+    np.testing.assert_allclose(again.scores(features, stats)["score"], inside, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from models.screener import Screener
+
+    return Screener.load(WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="module")
+def real_films(data_dir):
+    folder = data_dir / "kermany-train"
+    paths = sorted((folder / "NORMAL").glob("*.jpeg"))[::300] + sorted((folder / "PNEUMONIA").glob("*.jpeg"))[::800]
+    return [decode_image(p.read_bytes()) for p in paths]
+
+
+def oos(findings) -> list[bool]:
+    return ["out_of_scope" in (f.flag_reason or "") for f in findings]
+
+
+def test_real_films_are_in_scope(shipped, real_films):
+    findings = shipped.screen(real_films)
+    assert sum(oos(findings)) <= 1, [f.details["scope"] for f in findings]
+    assert all(f.details["scope"]["score"] >= 0 for f in findings)
+
+
+def test_inverted_and_rotated_films_are_out_of_scope(shipped, real_films):
+    for kind in ("inverted", "rotated_90", "rotated_180"):
+        findings = shipped.screen([film_variants(film)[kind] for film in real_films])
+        assert sum(oos(findings)) >= len(findings) - 1, (kind, [f.details["scope"] for f in findings])
+
+
+def test_blank_and_synthetic_images_are_out_of_scope(shipped):
+    images = {**blank_images(), **synthetic_non_chest(0)}
+    findings = shipped.screen(list(images.values()))
+    missed = [name for name, flagged in zip(images, oos(findings)) if not flagged]
+    assert not missed, missed
+    # Whatever their call, none passes as an unflagged NORMAL.
+    assert not any(f.prediction == "NORMAL" and not f.flagged for f in findings)
+
+
+def test_adult_dicom_films_are_out_of_scope(shipped, data_dir):
+    paths = sorted((data_dir / "dicom").glob("*.dcm"))
+    if not paths:
+        pytest.skip("no DICOM films in ../shared/data/dicom")
+    findings = shipped.screen([decode_image(p.read_bytes()) for p in paths])
+    assert all(oos(findings)), [f.details["scope"] for f in findings]
