@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from models.calibration import sigmoid  # noqa: E402
 from models.evaluate import binary_metrics  # noqa: E402
 from models.heatmap import colorize, film_heatmap  # noqa: E402
-from models.recalibrate import PERTURBATIONS, _perturb, run_all  # noqa: E402
+from models.recalibrate import PERTURBATIONS, perturb, run_all  # noqa: E402
 from models.screener import Screener  # noqa: E402
 from models.train import list_images, load_films, patient_split  # noqa: E402
 
@@ -122,7 +122,7 @@ def main() -> None:
     films, y = load_films([paths[i] for i in val]), labels[val]
     logits = run_all(screener, films)["logit"]
     probs, raw = sigmoid(logits / screener.temperature), sigmoid(logits)
-    perturbed = {name: sigmoid(run_all(screener, _perturb(name, films))["logit"] / screener.temperature)
+    perturbed = {name: sigmoid(run_all(screener, perturb(name, films))["logit"] / screener.temperature)
                  for name in PERTURBATIONS}
     scope = json.loads((ROOT / "bench" / "results" / "scope_eval.json").read_text())
     picks = [int(np.nonzero(y == 0)[0][5]), int(np.nonzero(y == 1)[0][5]), int(np.nonzero(y == 1)[0][300]),

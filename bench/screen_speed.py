@@ -33,6 +33,27 @@ def rate(screener: Screener, images: list[np.ndarray], batched: bool) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
+def baseline_rate(screener: Screener, images: list[np.ndarray], weights: Path) -> float:
+    """Images/s of the bare model path (segment, crop, classify; no heatmap, gate or flags), batched."""
+    import keras
+
+    from models.crop import crop_batch, equalize, mask_to_box, squash
+    from models.segmenter import compiled, predict_masks
+
+    classify = compiled(keras.models.load_model(weights / "classifier.keras", compile=False))
+
+    def run(batch: list[np.ndarray]) -> None:
+        for start in range(0, len(batch), 64):
+            films = np.stack([squash(image) for image in batch[start:start + 64]])
+            boxes = [mask_to_box(m) for m in predict_masks(screener._segment, films, screener.seg_size, len(films))]
+            classify(equalize(crop_batch(films, boxes, screener.input_size))[..., None]).numpy()
+
+    run(images[:2])
+    started = time.perf_counter()
+    run(images)
+    return len(images) / (time.perf_counter() - started)
+
+
 def main() -> None:
     """Print batched and per-image throughput and their ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,6 +67,7 @@ def main() -> None:
     images = [decode_image(p.read_bytes()) for p in paths]
     decode_rate = len(images) / (time.perf_counter() - started)
     screener = Screener.load(args.weights)
+    bare = baseline_rate(screener, images, args.weights)
     batched = rate(screener, images, batched=True)
     single = rate(screener, images, batched=False)
     findings = screener.screen(images)
@@ -54,7 +76,8 @@ def main() -> None:
         heatmap_png(finding.heatmap, finding.crop_box, image.shape)
     png_rate = len(images) / (time.perf_counter() - started)
     print(f"{len(images)} images: decode {decode_rate:.0f} img/s; screen batched {batched:.1f} img/s, "
-          f"per-image {single:.1f} img/s, ratio {batched / single:.1f}x; heatmap PNG {png_rate:.0f} img/s")
+          f"per-image {single:.1f} img/s, ratio {batched / single:.1f}x; heatmap PNG {png_rate:.0f} img/s; "
+          f"bare segment+crop+classify {bare:.1f} img/s")
 
 
 if __name__ == "__main__":

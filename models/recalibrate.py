@@ -27,7 +27,7 @@ QUALITY_QUANTILE = 0.005
 CHUNK = 256
 
 
-def _perturb(name: str, films: np.ndarray) -> np.ndarray:
+def perturb(name: str, films: np.ndarray) -> np.ndarray:
     """A copy of the squashed films under one shift-simulating perturbation."""
     rng = np.random.default_rng(0)
     if name == "gamma_0.7":
@@ -88,7 +88,7 @@ def robustness(screener, films: np.ndarray, labels: np.ndarray, temperature: flo
     """Validation AUC and sensitivity/specificity at each threshold, clean and under each perturbation."""
     table = {}
     for name in ("clean", *PERTURBATIONS):
-        logits = run_all(screener, films if name == "clean" else _perturb(name, films))["logit"]
+        logits = run_all(screener, films if name == "clean" else perturb(name, films))["logit"]
         probs = sigmoid(logits / temperature)
         table[name] = {"auc": binary_metrics(probs, labels, 0.5)["auc"], "at": {
             f"{t:g}": {k: m[k] for k in ("sensitivity", "specificity", "accuracy")}

@@ -9,7 +9,7 @@ import numpy as np
 from models.crop import CROP_FAILED, crop_batch, equalize, mask_to_box, resize_batch, squash
 from models.flags import FlagPolicy, flag_reasons
 from models.inference import analyse_crops
-from models.scope import ScopeModel, image_stats
+from models.scope import STATS, ScopeModel, image_stats
 from models.segmenter import compiled, predict_masks
 
 logger = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ class Screener:
                                bool(out["crop_failed"][i]), out["stats"][i], scope)
         details = {"scope": scope, "mc_high": round(float(out["mc_high"][i]), 4),
                    "mc_spread": round(float(out["mc_spread"][i]), 4),
-                   "crop_contrast": round(float(out["stats"][i][3]), 4),
-                   "crop_saturated": round(float(out["stats"][i][8]), 4),
+                   "crop_contrast": round(float(out["stats"][i][STATS.index("crop_std")]), 4),
+                   "crop_saturated": round(float(out["stats"][i][STATS.index("saturated")]), 4),
                    "heatmap": "Grad-CAM on the last conv block, lung-crop coordinates (crop_box on the film)"}
         box = out["boxes"][i].box
         return Finding(probability=prob, prediction="PNEUMONIA" if prob >= self.threshold else "NORMAL",
