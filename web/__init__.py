@@ -28,21 +28,12 @@ def db() -> Session:
 
 
 def init_web(app: Flask) -> None:
-    from web import admin, api, auth, intake, review
+    from web import admin, api, auth, dicomweb, exports, fhir, intake, metrics, review
 
     csrf.init_app(app)
     auth.login_manager.init_app(app)
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(intake.bp)
-    app.register_blueprint(review.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(admin.bp)
-    from web import dicomweb, exports, fhir, metrics
-
-    app.register_blueprint(metrics.bp)
-    app.register_blueprint(exports.bp)
-    app.register_blueprint(fhir.bp)
-    app.register_blueprint(dicomweb.bp)
+    for blueprint in (auth, intake, review, api, admin, metrics, exports, fhir, dicomweb):
+        app.register_blueprint(blueprint.bp)
     csrf.exempt(dicomweb.bp)  # bearer tokens only: no cookie session can post there
     csrf.exempt(api.bp)
     app.before_request(_bind_request_id)

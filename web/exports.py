@@ -4,13 +4,11 @@ import io
 import logging
 
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from db.models import Study
 from web import db
 from web.auth import roles_required
-from web.queries import visible_batch
+from web.queries import batch_studies, visible_batch
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("exports", __name__, url_prefix="/api/v1")
@@ -26,8 +24,7 @@ def batch_csv(batch_id: int):
     batch = visible_batch(db(), batch_id)
     if batch is None:
         return jsonify(error="no such batch"), 404
-    studies = db().scalars(select(Study).where(Study.batch_id == batch.id).order_by(Study.id).options(
-        selectinload(Study.prediction), selectinload(Study.flag))).all()
+    studies = batch_studies(db(), batch.id)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)

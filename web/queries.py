@@ -59,10 +59,15 @@ def _summary(counts: dict) -> dict:
             "percent": round(100 * finished / total) if total else 100}
 
 
-def batch_json(session: Session, batch: Batch) -> dict:
-    studies = session.scalars(
-        select(Study).where(Study.batch_id == batch.id).order_by(Study.id)
+def batch_studies(session: Session, batch_id: int) -> list[Study]:
+    """A batch's studies in upload order, with their predictions and flags loaded."""
+    return session.scalars(
+        select(Study).where(Study.batch_id == batch_id).order_by(Study.id)
         .options(selectinload(Study.prediction), selectinload(Study.flag))).all()
+
+
+def batch_json(session: Session, batch: Batch) -> dict:
+    studies = batch_studies(session, batch.id)
     return {"id": batch.id, "created_at": batch.created_at.isoformat(),
             **batch_progress(session, [batch.id])[batch.id],
             "studies": [study_json(study) for study in studies]}

@@ -36,8 +36,13 @@ class Outcome:
 @functools.cache
 def load_screener(weights_dir: Path):
     """Load TensorFlow and the weights once per process, on first use (never before a fork)."""
+    import tensorflow as tf
+
     from models.screener import Screener
 
+    # TensorFlow places the models on a GPU by itself when it sees one; say which it is.
+    gpus = tf.config.list_physical_devices("GPU")
+    logger.info("screening on %s", ", ".join(gpu.name for gpu in gpus) if gpus else "CPU")
     return Screener.load(weights_dir)
 
 
