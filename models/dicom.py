@@ -1,4 +1,5 @@
 """Read DICOM chest films: pixels as float32 [0, 1] as a radiologist would see them, and safe header facts."""
+import datetime
 import io
 import logging
 
@@ -128,4 +129,19 @@ def header_meta(data: bytes) -> dict | None:
         value = str(ds.get(keyword, "") or "").strip().upper() if keyword in ("Modality", "ViewPosition") \
             else str(ds.get(keyword, "") or "").strip()
         meta[column] = value[:width] or None
+    if meta["patient_age"] is None:
+        meta["patient_age"] = _age_from_dates(ds.get("PatientBirthDate"),
+                                              ds.get("StudyDate") or ds.get("ContentDate"))
     return meta
+
+
+def _age_from_dates(birth, taken) -> str | None:
+    """PatientAge as DICOM writes it ('064Y', '007M'), from birth and study dates; only the age is kept."""
+    try:
+        born, seen = (datetime.datetime.strptime(str(value), "%Y%m%d").date() for value in (birth, taken))
+    except (TypeError, ValueError):
+        return None
+    days = (seen - born).days
+    if days < 0:
+        return None
+    return f"{int(days / 365.25):03d}Y" if days >= 366 else f"{int(days / 30.44):03d}M"

@@ -3,7 +3,7 @@
 One `studies` row is one image. DICOM images group into a radiology study by StudyInstanceUID.
 Scope is decided when a result is recorded (`scope_flag`): every image gets the model's result
 stored, and an image the model must not be trusted on is flagged `out_of_scope` for a person:
-a non-radiograph modality, or a non-frontal view in a study with no frontal image. A lateral
+a non-radiograph modality, an adult patient, or a non-frontal view in a study with no frontal image. A lateral
 next to a frontal film is not flagged: the study's result comes from its frontal images, which
 `study_result` computes when it is read (the highest frontal probability decides).
 """
@@ -20,6 +20,22 @@ OUT_OF_SCOPE = "out_of_scope"
 # Projection radiography: computed, digital, and digitized film. CT, MR, US... are not chest films.
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG"}
 FRONTAL_VIEWS = {"PA", "AP"}
+# Adults' films look unlike the pediatric training films (FINDINGS: AUC below 0.5 on them).
+ADULT_AGE_YEARS = 16
+
+
+def age_years(patient_age: str | None) -> float | None:
+    """A DICOM age string ('004Y', '018M', '003W', '010D') in years; None when absent or malformed."""
+    per_year = {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}
+    if not patient_age or len(patient_age) != 4 or not patient_age[:3].isdigit() or patient_age[3] not in per_year:
+        return None
+    return int(patient_age[:3]) / per_year[patient_age[3]]
+
+
+def in_age_scope(patient_age: str | None) -> bool:
+    """Children only: the model knows 1–5-year-olds' films; an unknown age is given the benefit."""
+    age = age_years(patient_age)
+    return age is None or age < ADULT_AGE_YEARS
 
 
 def in_modality_scope(modality: str | None) -> bool:
@@ -34,12 +50,13 @@ def is_frontal(view_position: str | None) -> bool:
 
 def readable(study: Study) -> bool:
     """An image the model's result can stand for: a radiograph in a frontal view."""
-    return in_modality_scope(study.modality) and is_frontal(study.view_position)
+    return (in_modality_scope(study.modality) and in_age_scope(study.patient_age)
+            and is_frontal(study.view_position))
 
 
 def scope_flag(session: Session, study: Study, model_flag: str | None) -> str | None:
     """The flag reason to record for this image: out_of_scope, the model's own flag, or None."""
-    if not in_modality_scope(study.modality):
+    if not in_modality_scope(study.modality) or not in_age_scope(study.patient_age):
         return OUT_OF_SCOPE
     if is_frontal(study.view_position):
         return model_flag

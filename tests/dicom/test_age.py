@@ -1,0 +1,39 @@
+"""Adults are out of scope: the age comes from PatientAge, or from birth and study dates."""
+import pytest
+
+from db.models import Study
+from models.dicom import header_meta
+from tests.conftest import data_dir
+from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from worker.dicom_intake import age_years, readable, scope_flag
+
+
+@pytest.mark.parametrize("value,years", [("004Y", 4), ("018M", 1.5), ("052W", 52 / 52.18), ("010D", 10 / 365.25),
+                                         ("4Y", None), ("", None), (None, None), ("04XY", None)])
+def test_dicom_age_strings(value, years):
+    assert age_years(value) == (pytest.approx(years) if years is not None else None)
+
+
+def test_age_is_derived_from_dates_when_the_header_has_none():
+    ds = dataset(chest_pixels())
+    del ds.PatientAge
+    ds.PatientBirthDate, ds.StudyDate = "19400305", "20040826"
+    assert header_meta(to_bytes(ds))["patient_age"] == "064Y"
+    ds.PatientBirthDate = "20040301"
+    assert header_meta(to_bytes(ds))["patient_age"] == "005M"
+    ds.PatientBirthDate = "not a date"
+    assert header_meta(to_bytes(ds))["patient_age"] is None
+
+
+def test_adult_frontal_film_is_out_of_scope_and_a_child_keeps_the_model_flag():
+    adult = Study(modality="CR", view_position="PA", patient_age="064Y")
+    child = Study(modality="CR", view_position="PA", patient_age="004Y")
+    unknown = Study(modality="CR", view_position="PA", patient_age=None)
+    assert scope_flag(None, adult, "near_threshold") == "out_of_scope" and not readable(adult)
+    assert scope_flag(None, child, "near_threshold") == "near_threshold" and readable(child)
+    assert scope_flag(None, unknown, None) is None
+
+
+def test_the_real_adult_film_with_dates_reads_as_64_years():
+    path = data_dir("dicom") / "RG1_J2KI.dcm"
+    assert header_meta(path.read_bytes())["patient_age"] == "064Y"
