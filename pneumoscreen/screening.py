@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pneumoscreen.inputs import walk
 from pneumoscreen.settings import Settings
+from worker.dicom_intake import OUT_OF_SCOPE, header_in_scope, is_frontal
 from worker.pipeline import analyse, load_screener
 
 logger = logging.getLogger(__name__)
@@ -39,5 +40,10 @@ def _row(item, outcome) -> list:
     if error is not None:
         return [item.name, "error", "", "", "", "", error]
     finding = outcome.finding
+    flag_reason = finding.flag_reason if finding.flagged else None
+    if item.meta and not (header_in_scope(item.meta["modality"], item.meta["patient_age"])
+                          and is_frontal(item.meta["view_position"])):
+        # As in the worker, but file by file: no grouping into DICOM studies here.
+        flag_reason = OUT_OF_SCOPE
     return [item.name, "done", f"{finding.probability:.4f}", finding.prediction,
-            str(finding.flagged).lower(), finding.flag_reason or "", ""]
+            str(flag_reason is not None).lower(), flag_reason or "", ""]

@@ -48,15 +48,19 @@ def is_frontal(view_position: str | None) -> bool:
     return not view_position or view_position.upper() in FRONTAL_VIEWS
 
 
+def header_in_scope(modality: str | None, patient_age: str | None) -> bool:
+    """A radiograph of a child, as far as the header tells (PNG/JPEG uploads have no header)."""
+    return in_modality_scope(modality) and in_age_scope(patient_age)
+
+
 def readable(study: Study) -> bool:
-    """An image the model's result can stand for: a radiograph in a frontal view."""
-    return (in_modality_scope(study.modality) and in_age_scope(study.patient_age)
-            and is_frontal(study.view_position))
+    """An image the model's result can stand for: a child's radiograph in a frontal view."""
+    return header_in_scope(study.modality, study.patient_age) and is_frontal(study.view_position)
 
 
 def scope_flag(session: Session, study: Study, model_flag: str | None) -> str | None:
     """The flag reason to record for this image: out_of_scope, the model's own flag, or None."""
-    if not in_modality_scope(study.modality) or not in_age_scope(study.patient_age):
+    if not header_in_scope(study.modality, study.patient_age):
         return OUT_OF_SCOPE
     if is_frontal(study.view_position):
         return model_flag

@@ -37,3 +37,28 @@ def test_adult_frontal_film_is_out_of_scope_and_a_child_keeps_the_model_flag():
 def test_the_real_adult_film_with_dates_reads_as_64_years():
     path = data_dir("dicom") / "RG1_J2KI.dcm"
     assert header_meta(path.read_bytes())["patient_age"] == "064Y"
+
+
+def test_screen_cli_applies_the_header_rules_file_by_file(tmp_path, tiny_weights):
+    import csv
+    import io
+
+    from click.testing import CliRunner
+
+    from pneumoscreen.cli import main
+
+    films = {"child.dcm": dataset(chest_pixels()),
+             "adult.dcm": dataset(chest_pixels(), PatientAge="070Y"),
+             "lateral.dcm": dataset(chest_pixels(), view="LL"),
+             "ct.dcm": dataset(chest_pixels(), modality="CT")}
+    for name, ds in films.items():
+        (tmp_path / name).write_bytes(to_bytes(ds))
+    env = {"PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"), "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights)}
+
+    result = CliRunner().invoke(main, ["screen", str(tmp_path)], env=env)
+
+    assert result.exit_code == 0, result.output
+    rows = {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader(io.StringIO(result.stdout))}
+    for name in ("adult.dcm", "lateral.dcm", "ct.dcm"):
+        assert (rows[name]["status"], rows[name]["flagged"], rows[name]["flag_reason"]) == ("done", "true", "out_of_scope")
+    assert "out_of_scope" not in rows["child.dcm"]["flag_reason"]
