@@ -1,6 +1,5 @@
 """Small separable-conv CNN on equalized 128 px lung crops; training, calibration and metadata."""
 import datetime as dt
-import hashlib
 import json
 import logging
 import sys
@@ -12,13 +11,12 @@ import numpy as np
 from models.calibration import choose_flag_band, choose_threshold, fit_temperature, sigmoid
 from models.crop import CROP_FAILED, equalize
 from models.evaluate import binary_metrics
-from models.segmenter import compiled, crop_lungs
+from models.segmenter import compiled, crop_lungs, save_model
 from models.train import list_images, load_films, patient_split, patient_id
 
 logger = logging.getLogger(__name__)
 
 NAME = "pneumoscreen-cnn"
-VERSION = "0.1.0"
 INPUT_SIZE = 128
 TARGET_SENSITIVITY = 0.99
 MAX_FLAG_SHARE = 0.15
@@ -115,12 +113,8 @@ def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs
     logger.info("classifier: val %s at threshold %.3f; flag band %s", metrics, threshold, flag)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / "classifier.keras"
-    keras.Model(model.inputs, model.outputs, name=model.name).save(weights)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
     meta = {
-        "name": NAME, "version": f"{VERSION}+{digest}", "input_size": INPUT_SIZE,
+        "name": NAME, "version": save_model(model, out_dir / "classifier.keras"), "input_size": INPUT_SIZE,
         "threshold": threshold, "flag_band_low": flag.pop("flag_band_low"), "temperature": round(temperature, 4),
         "threshold_rule": f"highest threshold with validation sensitivity >= {TARGET_SENSITIVITY}, capped at 0.5",
         "validation": {**metrics, "at_0.5": binary_metrics(probs, y_val, 0.5), **flag},

@@ -84,6 +84,16 @@ def _dice_bce(y_true, y_pred):
     return keras.losses.binary_crossentropy(y_true, y_pred, axis=(1, 2, 3)) + (1 - dice)
 
 
+def save_model(model, path: Path) -> str:
+    """Save `model` for serving and return its version, VERSION+<first 8 hex of the file's sha256>."""
+    import keras
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # An uncompiled twin sharing the weights: saves without optimizer state (a third of the size).
+    keras.Model(model.inputs, model.outputs, name=model.name).save(path)
+    return f"{VERSION}+{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+
+
 def compiled(model):
     """A traced-once `model(x, training=False)` for any batch size (no per-call retracing)."""
     import tensorflow as tf
@@ -140,13 +150,9 @@ def train_segmenter(pairs_dir: Path, out_dir: Path, epochs: int = 6, seed: int =
     logger.info("segmenter: val dice %.4f iou %.4f", dice, iou)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / "segmenter.keras"
-    # An uncompiled twin sharing the weights: saves without optimizer state (a third of the size).
-    keras.Model(model.inputs, model.outputs, name=model.name).save(weights)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:8]
     meta = {
-        "name": "pneumoscreen-lung-unet", "version": f"{VERSION}+{digest}", "input_size": INPUT_SIZE,
+        "name": "pneumoscreen-lung-unet", "version": save_model(model, out_dir / "segmenter.keras"),
+        "input_size": INPUT_SIZE,
         "val_dice": round(dice, 4), "val_iou": round(iou, 4), "n_train": int(len(train)),
         "n_val": int(n_val), "epochs": epochs, "seed": seed,
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

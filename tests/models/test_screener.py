@@ -71,3 +71,20 @@ def test_load_reports_missing_files(tmp_path, tiny_bundle):
         Screener.load(tmp_path)
     meta = json.loads((tiny_bundle / "classifier.json").read_text())
     assert Screener.load(tiny_bundle).version == meta["version"]
+
+
+def test_save_model_versions_by_content_and_reloads_the_same_weights(tmp_path):
+    import hashlib
+
+    import keras
+    import numpy as np
+
+    from models.segmenter import VERSION, build_unet, save_model
+
+    model = build_unet(64, widths=(4, 8), bottleneck=8)
+    path = tmp_path / "sub" / "m.keras"
+    version = save_model(model, path)
+    assert version == f"{VERSION}+{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+    x = np.random.default_rng(0).random((2, 64, 64, 1)).astype("float32")
+    reloaded = keras.models.load_model(path, compile=False)
+    np.testing.assert_allclose(reloaded(x), model(x), atol=1e-6)
