@@ -47,7 +47,7 @@ def figures(plt, probs, raw_probs, labels, threshold, perturbed, scope, examples
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=90)
     edges = np.quantile(probs, np.linspace(0, 1, 11))
-    for p, name in ((raw_probs, "T = 1"), (probs, "temperature-scaled")):
+    for p, name in ((raw_probs, "raw: sigmoid(logit)"), (probs, "Platt-scaled")):
         bins = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, 9)
         ax.plot([p[bins == b].mean() for b in range(10)], [labels[bins == b].mean() for b in range(10)], "o-",
                 label=name, ms=3)
@@ -121,8 +121,8 @@ def main() -> None:
     _, val = patient_split(paths, labels)
     films, y = load_films([paths[i] for i in val]), labels[val]
     logits = run_all(screener, films)["logit"]
-    probs, raw = sigmoid(logits / screener.temperature), sigmoid(logits)
-    perturbed = {name: sigmoid(run_all(screener, perturb(name, films))["logit"] / screener.temperature)
+    probs, raw = screener.calibration(logits), sigmoid(logits)
+    perturbed = {name: screener.calibration(run_all(screener, perturb(name, films))["logit"])
                  for name in PERTURBATIONS}
     scope = json.loads((ROOT / "bench" / "results" / "scope_eval.json").read_text())
     picks = [int(np.nonzero(y == 0)[0][5]), int(np.nonzero(y == 1)[0][5]), int(np.nonzero(y == 1)[0][300]),

@@ -1,7 +1,7 @@
 """Images/s of Screener.screen on one batch versus one image per call (a ratio, no asserts).
 
-`screen` is the whole model path: segmentation, crop, classifier with Grad-CAM (one gradient tape
-per batch), MC-dropout spread, out-of-scope gate and flags. The heatmap PNG encoding the worker
+`screen` is the whole model path: segmentation, crop, every ensemble member with Grad-CAM (one
+gradient tape per batch and member), MC-dropout spread, out-of-scope gate and flags. The heatmap PNG encoding the worker
 adds per study is timed separately.
 
 Usage: python bench/screen_speed.py [WEIGHTS_DIR] [DATA_DIR] [--count 256]
@@ -34,19 +34,23 @@ def rate(screener: Screener, images: list[np.ndarray], batched: bool) -> float:
 
 
 def baseline_rate(screener: Screener, images: list[np.ndarray], weights: Path) -> float:
-    """Images/s of the bare model path (segment, crop, classify; no heatmap, gate or flags), batched."""
+    """Images/s of the bare model path (segment, crop, every member; no heatmap, gate or flags), batched."""
     import keras
 
     from models.crop import crop_batch, equalize, mask_to_box, squash
+    from models.screener import member_files
     from models.segmenter import compiled, predict_masks
 
-    classify = compiled(keras.models.load_model(weights / "classifier.keras", compile=False))
+    members = [compiled(keras.models.load_model(weights / name, compile=False))
+               for name in member_files(screener.classifier_meta)]
 
     def run(batch: list[np.ndarray]) -> None:
         for start in range(0, len(batch), 64):
             films = np.stack([squash(image) for image in batch[start:start + 64]])
             boxes = [mask_to_box(m) for m in predict_masks(screener._segment, films, screener.seg_size, len(films))]
-            classify(equalize(crop_batch(films, boxes, screener.input_size))[..., None]).numpy()
+            crops = equalize(crop_batch(films, boxes, screener.input_size))[..., None]
+            for classify in members:
+                classify(crops).numpy()
 
     run(images[:2])
     started = time.perf_counter()

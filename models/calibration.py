@@ -1,5 +1,6 @@
-"""Temperature scaling, the screening threshold and the near-threshold flag band, fitted on validation."""
+"""Platt scaling, the screening threshold and the near-threshold flag band, fitted on validation."""
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,19 +13,56 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature T minimising the validation log-loss of sigmoid(logit / T) (grid search)."""
-    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 400))
-    labels = np.asarray(labels, np.float64)
+@dataclass(frozen=True)
+class Calibration:
+    """Platt scaling: probability = sigmoid(scale * logit + bias), fitted on validation logits.
 
-    def nll(t: float) -> float:
-        p = np.clip(sigmoid(logits / t), 1e-7, 1 - 1e-7)
-        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    The bias undoes the shift class weights put on the logit; the scale undoes over-confidence.
+    """
 
-    losses = [nll(t) for t in grid]
-    best = float(grid[int(np.argmin(losses))])
-    logger.info("temperature %.3f: log-loss %.4f -> %.4f", best, nll(1.0), min(losses))
-    return best
+    scale: float = 1.0
+    bias: float = 0.0
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(self.scale * np.asarray(logits, np.float64) + self.bias)
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray) -> "Calibration":
+        """Scale and bias minimising the log-loss (Newton's method on a two-parameter logistic fit)."""
+        x = np.stack([np.asarray(logits, np.float64), np.ones(len(logits))], axis=1)
+        y = np.asarray(labels, np.float64)
+        w = np.array([1.0, 0.0])
+        loss = log_loss(sigmoid(x @ w), y)
+        for _ in range(100):
+            p = sigmoid(x @ w)
+            hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+            step = np.linalg.solve(hessian, x.T @ (p - y))
+            # Halve the Newton step until the loss goes down (saturated logits make full steps overshoot).
+            step_loss = log_loss(sigmoid(x @ (w - step)), y)
+            while step_loss > loss and np.abs(step).max() > 1e-12:
+                step /= 2
+                step_loss = log_loss(sigmoid(x @ (w - step)), y)
+            w, loss = w - step, step_loss
+            if np.abs(step).max() < 1e-9:
+                break
+        fitted = cls(round(float(w[0]), 4), round(float(w[1]), 4))
+        logger.info("Platt calibration scale %.4f bias %.4f: log-loss %.4f -> %.4f", fitted.scale, fitted.bias,
+                    log_loss(sigmoid(x[:, 0]), y), log_loss(fitted(x[:, 0]), y))
+        return fitted
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Calibration":
+        """The calibration recorded in classifier.json."""
+        return cls(float(meta["calibration"]["scale"]), float(meta["calibration"]["bias"]))
+
+    def to_meta(self) -> dict:
+        return {"method": "platt", "scale": self.scale, "bias": self.bias}
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy."""
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
 def choose_threshold(probs: np.ndarray, labels: np.ndarray, target_sensitivity: float = 0.99,

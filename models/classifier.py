@@ -1,5 +1,6 @@
 """Small separable-conv CNN on equalized 128 px lung crops; training, calibration and metadata."""
 import datetime as dt
+import hashlib
 import json
 import logging
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.calibration import choose_flag_band, choose_threshold, fit_temperature, sigmoid
+from models.calibration import Calibration, sigmoid
 from models.crop import CROP_FAILED, equalize
 from models.evaluate import binary_metrics
 from models.segmenter import compiled, crop_lungs, save_model
@@ -18,8 +19,6 @@ logger = logging.getLogger(__name__)
 
 NAME = "pneumoscreen-cnn"
 INPUT_SIZE = 128
-TARGET_SENSITIVITY = 0.99
-MAX_FLAG_SHARE = 0.15
 BATCH = 32
 
 
@@ -57,8 +56,11 @@ def build_augmenter(seed: int = 0):
     ], name="augment")
 
 
-def fit_classifier(x_train, y_train, x_val, y_val, epochs: int, seed: int, bn_momentum: float = 0.99):
-    """Train with class weights, label smoothing 0.05 and a warm-up + cosine schedule."""
+def fit_classifier(x_train, y_train, x_val, y_val, epochs: int, seed: int, bn_momentum: float = 0.99, model=None):
+    """Train with class weights, label smoothing 0.05 and a warm-up + cosine schedule.
+
+    `model` (one logit from a (S, S, 1) crop) replaces the default `build_classifier` network.
+    """
     import keras
     import tensorflow as tf
 
@@ -72,7 +74,7 @@ def fit_classifier(x_train, y_train, x_val, y_val, epochs: int, seed: int, bn_mo
     class_weight = {i: float(len(y_train) / (2 * counts[i])) for i in range(2)}
     schedule = keras.optimizers.schedules.CosineDecay(
         1e-4, decay_steps=max(1, (epochs - 1) * steps), warmup_target=2e-3, warmup_steps=steps)
-    model = build_classifier(x_train.shape[1], bn_momentum=bn_momentum)
+    model = model or build_classifier(x_train.shape[1], bn_momentum=bn_momentum)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.05),
                   metrics=[keras.metrics.AUC(from_logits=True, name="auc")])
@@ -82,17 +84,41 @@ def fit_classifier(x_train, y_train, x_val, y_val, epochs: int, seed: int, bn_mo
     return model
 
 
-def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs: int = 16, seed: int = 0,
+def member_file(member: int) -> str:
+    """Weights file of ensemble member `member`: classifier.keras, then classifier-1.keras, ..."""
+    return "classifier.keras" if member == 0 else f"classifier-{member}.keras"
+
+
+def ensemble_version(member_versions: list[str]) -> str:
+    """One version for the ensemble: the single member's version, or VERSION+hash of all members'."""
+    if len(member_versions) == 1:
+        return member_versions[0]
+    digest = hashlib.sha256(" ".join(member_versions).encode()).hexdigest()[:8]
+    return f"{member_versions[0].split('+')[0]}+{digest}"
+
+
+def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs: int = 16, member: int = 0,
                      command: str | None = None) -> dict:
-    """Train on lung crops with a patient-level split; calibrate, pick threshold/flag band, save to out_dir."""
+    """Train ensemble member `member` on lung crops, then recalibrate the whole ensemble in out_dir.
+
+    Member 0 starts a new ensemble (classifier.keras, a fresh classifier.json); member N > 0 adds or
+    replaces classifier-N.keras. Every member uses the same patient split; the member number seeds
+    initialisation, shuffling and augmentation.
+    """
     import keras
 
     started = time.monotonic()
-    keras.utils.set_random_seed(seed)
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "classifier.json"
+    members = json.loads(meta_path.read_text())["members"] if member and meta_path.is_file() else []
+    if member > len(members):
+        raise ValueError(f"cannot train member {member}: {meta_path} lists {len(members)} member(s); "
+                         f"train member {len(members)} first")
+    keras.utils.set_random_seed(member)
     paths, labels = list_images(Path(data_dir))
     films = load_films(paths)
-    train, val = patient_split(paths, labels, seed=seed)
-    logger.info("classifier: %d films decoded in %.0fs; %d train / %d val images", len(films),
+    train, val = patient_split(paths, labels)
+    logger.info("classifier member %d: %d films decoded in %.0fs; %d train / %d val images", member, len(films),
                 time.monotonic() - started, len(train), len(val))
     segmenter = keras.models.load_model(segmenter_path, compile=False)
     crops, boxes = crop_lungs(compiled(segmenter), films, INPUT_SIZE, segmenter.input_shape[1])
@@ -101,32 +127,31 @@ def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs
     x = equalize(crops)
     del films, crops
 
-    model = fit_classifier(x[train], labels[train], x[val], labels[val], epochs, seed)
+    model = fit_classifier(x[train], labels[train], x[val], labels[val], epochs, seed=member)
     call, x_val = compiled(model), x[val]
     logits = np.concatenate([call(x_val[i:i + 256, ..., None]).numpy()[:, 0] for i in range(0, len(val), 256)])
-    y_val = labels[val]
-    temperature = fit_temperature(logits, y_val)
-    probs = sigmoid(logits / temperature)
-    threshold = choose_threshold(probs, y_val, TARGET_SENSITIVITY)
-    flag = choose_flag_band(probs, y_val, threshold, MAX_FLAG_SHARE)
-    metrics = binary_metrics(probs, y_val, threshold)
-    logger.info("classifier: val %s at threshold %.3f; flag band %s", metrics, threshold, flag)
-
-    out_dir = Path(out_dir)
-    meta = {
-        "name": NAME, "version": save_model(model, out_dir / "classifier.keras"), "input_size": INPUT_SIZE,
-        "threshold": threshold, "flag_band_low": flag.pop("flag_band_low"), "temperature": round(temperature, 4),
-        "threshold_rule": f"highest threshold with validation sensitivity >= {TARGET_SENSITIVITY}, capped at 0.5",
-        "validation": {**metrics, "at_0.5": binary_metrics(probs, y_val, 0.5), **flag},
-        "split": {"val_patients": len({patient_id(paths[i].name) for i in val}),
-                  "train_patients": len({patient_id(paths[i].name) for i in train}),
-                  "n_train": int(len(train)), "n_val": int(len(val))},
-        "crop_fallbacks": int(failed.sum()), "epochs": epochs, "seed": seed,
+    probs = sigmoid(logits)
+    entry = {
+        "file": member_file(member), "version": save_model(model, out_dir / member_file(member)),
+        "seed": member, "epochs": epochs, "val_auc": binary_metrics(probs, labels[val], 0.5)["auc"],
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": round(time.monotonic() - started), "command": command or " ".join(sys.argv),
     }
-    (out_dir / "classifier.json").write_text(json.dumps(meta, indent=2) + "\n")
-    # Flag policy, scope gate and robustness come from the serving path over the same data.
+    logger.info("classifier member %d: validation AUC %.4f alone", member, entry["val_auc"])
+    members = [*members[:member], entry, *members[member + 1:]]
+    # A new ensemble starts uncalibrated (identity, threshold 0.5, no flag band) until recalibrate below.
+    meta = json.loads(meta_path.read_text()) if member else {
+        "threshold": 0.5, "flag_band_low": 0.5, "calibration": Calibration().to_meta()}
+    meta.update({
+        "name": NAME, "version": ensemble_version([m["version"] for m in members]), "input_size": INPUT_SIZE,
+        "members": members,
+        "split": {"val_patients": len({patient_id(paths[i].name) for i in val}),
+                  "train_patients": len({patient_id(paths[i].name) for i in train}),
+                  "n_train": int(len(train)), "n_val": int(len(val))},
+        "crop_fallbacks": int(failed.sum()),
+    })
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    # Calibration, threshold, flag policy and scope gate come from the serving path over the same data.
     from models.recalibrate import recalibrate
 
-    return recalibrate(data_dir, out_dir, command=meta["command"], seed=seed)
+    return recalibrate(data_dir, out_dir, command=entry["command"])

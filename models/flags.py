@@ -13,6 +13,16 @@ NEAR_THRESHOLD = "near_threshold"
 UNCERTAIN = "uncertain"
 LOW_QUALITY = "low_quality"
 REASONS = (OUT_OF_SCOPE, NEAR_THRESHOLD, UNCERTAIN, CROP_FAILED, LOW_QUALITY)
+# What each reason means, in the words the reviewer page shows.
+REASON_TEXT = {
+    OUT_OF_SCOPE: "The film does not look like the pediatric frontal chest films the model learned from "
+                  "(adult, other view, not a chest film, inverted or blank): its call means little here.",
+    NEAR_THRESHOLD: "The pneumonia probability is just below the threshold.",
+    UNCERTAIN: "The ensemble's members or their dropout samples disagree: part of them would call pneumonia.",
+    CROP_FAILED: "The lung outline was implausible (one lung, tiny or missing); the model read a fixed central "
+                 "box instead of the lungs.",
+    LOW_QUALITY: "The lung region has unusually low contrast or burnt-out areas.",
+}
 CROP_STD, SATURATED = STATS.index("crop_std"), STATS.index("saturated")
 
 

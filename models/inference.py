@@ -1,9 +1,9 @@
-"""One classifier pass per batch: logits, pooled features, Grad-CAM heatmaps and MC-dropout spread."""
+"""One pass of every ensemble member per batch: mean logit, features, Grad-CAM and the predictive spread."""
 import logging
 
 import numpy as np
 
-from models.calibration import sigmoid
+from models.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -11,8 +11,8 @@ MC_SAMPLES = 32
 MC_QUANTILE = 0.9
 
 
-def analyse_crops(classifier):
-    """A function (equalized crops (N, S, S), temperature) -> dict of per-crop arrays."""
+def _member_pass(classifier):
+    """(traced forward: crops -> (logits, pooled features, Grad-CAM), MC-dropout kernels, dense bias)."""
     import keras
     import tensorflow as tf
 
@@ -41,12 +41,36 @@ def analyse_crops(classifier):
         cam = cam / tf.maximum(tf.reduce_max(cam, axis=(1, 2), keepdims=True), 1e-8)
         return logits[:, 0], features, cam
 
-    def analyse(crops: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
-        logits, features, cam = (t.numpy() for t in forward(crops[..., None].astype(np.float32)))
-        features = features.astype(np.float64)
-        mc_probs = sigmoid((features @ mc_kernels.T + bias[0]) / temperature)
-        return {"logit": logits.astype(np.float64), "probability": sigmoid(logits / temperature),
-                "features": features, "heatmap": np.clip(cam, 0.0, 1.0).astype(np.float32),
+    return forward, mc_kernels, float(bias[0])
+
+
+def analyse_crops(classifiers: list):
+    """A function (equalized crops (N, S, S), calibration) -> dict of per-crop arrays.
+
+    The ensemble's logit is the mean of its members' logits; features are the members' pooled
+    features side by side; the heatmap is the mean of the members' Grad-CAMs. `mc_high` is the
+    MC_QUANTILE of the calibrated probabilities over every member and MC_SAMPLES dropout masks
+    each (no extra network pass), so both member disagreement and dropout spread raise it.
+    """
+    passes = [_member_pass(classifier) for classifier in classifiers]
+
+    def analyse(crops: np.ndarray, calibrate: Calibration) -> dict[str, np.ndarray]:
+        x = crops[..., None].astype(np.float32)
+        logits, features, cams, mc_logits = [], [], [], []
+        for forward, mc_kernels, bias in passes:
+            logit, feature, cam = (t.numpy() for t in forward(x))
+            feature = feature.astype(np.float64)
+            logits.append(logit.astype(np.float64))
+            features.append(feature)
+            cams.append(np.clip(cam, 0.0, 1.0))
+            mc_logits.append(feature @ mc_kernels.T + bias)
+        logit = np.mean(logits, axis=0)
+        member_probs = calibrate(np.stack(logits, axis=1))
+        mc_probs = calibrate(np.concatenate(mc_logits, axis=1))
+        return {"logit": logit, "probability": calibrate(logit),
+                "features": np.concatenate(features, axis=1),
+                "heatmap": np.mean(cams, axis=0).astype(np.float32),
+                "member_spread": member_probs.std(axis=1),
                 "mc_high": np.quantile(mc_probs, MC_QUANTILE, axis=1), "mc_spread": mc_probs.std(axis=1)}
 
     return analyse

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from models.calibration import choose_flag_band, choose_threshold, fit_temperature, sigmoid
+from models.calibration import Calibration, choose_flag_band, choose_threshold
 from models.evaluate import binary_metrics
 from models.flags import FlagPolicy, flag_reasons
 from models.scope import STATS, fit_scope
@@ -62,9 +62,9 @@ def run_all(screener, films: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def policy_shares(screener, policy: FlagPolicy, out: dict, labels: np.ndarray, threshold: float,
-                  temperature: float) -> dict:
+                  calibrate: Calibration) -> dict:
     """Share of false negatives flagged and of NORMAL calls flagged, overall and by reason."""
-    probs = sigmoid(out["logit"] / temperature)
+    probs = calibrate(out["logit"])
     scores = screener.scope.scores(out["features"], out["stats"])["score"] if screener.scope else None
     mc_high = out["mc_high"]
     reasons = [flag_reasons(policy, probs[i], threshold, mc_high[i], bool(out["crop_failed"][i]), out["stats"][i],
@@ -83,13 +83,13 @@ def policy_shares(screener, policy: FlagPolicy, out: dict, labels: np.ndarray, t
             "by_reason": by_reason}
 
 
-def robustness(screener, films: np.ndarray, labels: np.ndarray, temperature: float,
+def robustness(screener, films: np.ndarray, labels: np.ndarray, calibrate: Calibration,
                thresholds: list[float]) -> dict:
     """Validation AUC and sensitivity/specificity at each threshold, clean and under each perturbation."""
     table = {}
     for name in ("clean", *PERTURBATIONS):
         logits = run_all(screener, films if name == "clean" else perturb(name, films))["logit"]
-        probs = sigmoid(logits / temperature)
+        probs = calibrate(logits)
         table[name] = {"auc": binary_metrics(probs, labels, 0.5)["auc"], "at": {
             f"{t:g}": {k: m[k] for k in ("sensitivity", "specificity", "accuracy")}
             for t in thresholds for m in [binary_metrics(probs, labels, t)]}}
@@ -97,8 +97,8 @@ def robustness(screener, films: np.ndarray, labels: np.ndarray, temperature: flo
     return table
 
 
-def recalibrate(data_dir: Path, weights_dir: Path, command: str, seed: int = 0) -> dict:
-    """Refit temperature, threshold, flag policy and scope gate; rewrite classifier.json, write scope.npz."""
+def recalibrate(data_dir: Path, weights_dir: Path, command: str) -> dict:
+    """Refit calibration, threshold, flag policy and scope gate; rewrite classifier.json, write scope.npz."""
     from models.screener import Screener
 
     started = time.monotonic()
@@ -106,13 +106,13 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str, seed: int = 0) 
     screener = Screener.load(weights_dir, with_scope=False)
     paths, labels = list_images(Path(data_dir))
     films = load_films(paths)
-    train, val = patient_split(paths, labels, seed=seed)
+    train, val = patient_split(paths, labels)
     out = run_all(screener, films)
     logger.info("recalibrate: %d films through the serving path in %.0fs", len(films), time.monotonic() - started)
 
     y_val = labels[val]
-    temperature = fit_temperature(out["logit"][val], y_val)
-    probs = sigmoid(out["logit"][val] / temperature)
+    calibration = Calibration.fit(out["logit"][val], y_val)
+    probs = calibration(out["logit"][val])
     threshold = choose_threshold(probs, y_val, TARGET_SENSITIVITY)
     scope = fit_scope(out["features"][train], labels[train], out["stats"][train])
     scope.save(weights_dir / "scope.npz")
@@ -123,26 +123,28 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str, seed: int = 0) 
               "uncertain": True}
     val_out = {k: v[val] for k, v in out.items()}
     # The band takes what the other flags leave of the NORMAL-call budget.
-    other = policy_shares(screener, FlagPolicy(threshold, **policy), val_out, y_val, threshold, temperature)
+    other = policy_shares(screener, FlagPolicy(threshold, **policy), val_out, y_val, threshold, calibration)
     band = choose_flag_band(probs, y_val, threshold, MAX_FLAG_SHARE, other.pop("flagged"))
     shares = policy_shares(screener, FlagPolicy(band["flag_band_low"], **policy), val_out, y_val, threshold,
-                           temperature)
+                           calibration)
     shares.pop("flagged")
     val_scope = scope.scores(out["features"][val], out["stats"][val])["score"]
 
     meta_path = weights_dir / "classifier.json"
     meta = json.loads(meta_path.read_text())
     meta.update({
-        "threshold": threshold, "flag_band_low": band["flag_band_low"], "temperature": round(temperature, 4),
+        "threshold": threshold, "flag_band_low": band["flag_band_low"], "calibration": calibration.to_meta(),
         "threshold_rule": f"highest threshold with validation sensitivity >= {TARGET_SENSITIVITY}, capped at 0.5",
         "flag_band_rule": f"lowest band edge (4 decimals) keeping all flags together on <= {MAX_FLAG_SHARE:.0%} "
                           "of validation NORMAL calls",
         "flag_policy": policy,
-        "flag_policy_rule": "uncertain: 90th percentile of 32 MC-dropout probabilities >= threshold; "
+        "flag_policy_rule": "uncertain: 90th percentile of the probabilities over every ensemble member x "
+                            "32 MC-dropout masks >= threshold; "
                             f"low_quality: crop contrast below / saturated share above the {QUALITY_QUANTILE:.1%} "
                             "tails of the training crops",
         "scope": {"file": "scope.npz", "fitted_on": f"{len(train)} training-split films",
-                  "rule": "score = max(feature distance / its 99.5th, each statistic |z| / its 99.9th training percentile); "
+                  "rule": "score = max(feature distance / its 99.5th, each statistic |z| / its 99.9th training "
+                          "percentile (mask area: 99.5th)); "
                           "out_of_scope when >= 1",
                   "val_false_flag_share": round(float((val_scope >= 1).mean()), 4)},
         "validation": {**binary_metrics(probs, y_val, threshold), "at_0.5": binary_metrics(probs, y_val, 0.5),
@@ -150,9 +152,9 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str, seed: int = 0) 
         "recalibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "recalibrate_command": command,
     })
-    meta.pop("flag_band_rule_note", None)
+    meta.pop("temperature", None)  # bundles before Platt scaling
     thresholds = sorted({threshold, 0.1, 0.2, 0.3, 0.5})
-    meta["robustness"] = robustness(screener, films[val], y_val, temperature, thresholds)
+    meta["robustness"] = robustness(screener, films[val], y_val, calibration, thresholds)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("recalibrated in %.0fs: %s", time.monotonic() - started, {k: meta[k] for k in ("threshold", "validation")})
     return meta

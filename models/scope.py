@@ -20,6 +20,9 @@ OUT_OF_SCOPE = "out_of_scope"
 STATS = ("film_mean", "film_std", "crop_mean", "crop_std", "mask_area", "mask_confidence",
          "lung_contrast", "texture", "saturated")
 COMPONENTS = 64
+# Lungs filling the frame is how an adult film shows (adult chest films are collimated to the thorax;
+# the 1-5-year-olds' films here include neck, arms and abdomen): mask_area gets a tighter limit.
+STAT_QUANTILES = {"mask_area": 0.995}
 
 
 def image_stats(films: np.ndarray, masks: np.ndarray, crops: np.ndarray) -> np.ndarray:
@@ -83,8 +86,9 @@ def fit_scope(features: np.ndarray, labels: np.ndarray, stats: np.ndarray, quant
               stat_quantile: float = 0.999, components: int = COMPONENTS) -> ScopeModel:
     """Fit the gate on in-scope (training) films; limits are quantiles of each score there.
 
-    Each statistic gets its own limit (its `stat_quantile` of |z|): a heavy-tailed one must not set
-    the limit of the others (an adult film shows as lungs filling the frame, not as odd brightness).
+    Each statistic gets its own limit (its `stat_quantile` of |z|, or its STAT_QUANTILES entry): a
+    heavy-tailed one must not set the limit of the others (an adult film shows as lungs filling the
+    frame, not as odd brightness).
     """
     features = features.astype(np.float64)
     means = np.stack([features[labels == c].mean(axis=0) for c in (0, 1)])
@@ -102,7 +106,9 @@ def fit_scope(features: np.ndarray, labels: np.ndarray, stats: np.ndarray, quant
     model = ScopeModel(means, eigvecs[:, :k], eigvals[:k], residual, 1.0, center, scale, 1.0)
     raw = model.scores(features, stats)
     model.feature_limit = float(np.quantile(raw["feature"], quantile))
-    model.stat_limit = np.quantile(np.abs((stats - center) / scale), stat_quantile, axis=0)
+    z = np.abs((stats - center) / scale)
+    model.stat_limit = np.array([np.quantile(z[:, i], STAT_QUANTILES.get(name, stat_quantile))
+                                 for i, name in enumerate(STATS)])
     logger.info("scope gate fitted on %d films: feature limit %.1f, statistic limits %s", len(features),
                 model.feature_limit, np.round(model.stat_limit, 2))
     return model

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.calibration import Calibration
 from models.crop import CROP_FAILED, crop_batch, equalize, mask_to_box, resize_batch, squash
 from models.flags import FlagPolicy, flag_reasons
 from models.inference import analyse_crops
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 64
 MIN_SIDE = 32
-FILES = ("segmenter.keras", "segmenter.json", "classifier.keras", "classifier.json", "scope.npz")
+FILES = ("segmenter.keras", "segmenter.json", "classifier.json", "scope.npz")
 
 
 @dataclass
@@ -36,22 +37,22 @@ class Finding:
 
 
 class Screener:
-    """Segmenter + classifier with their metadata; screens batches of decoded films."""
+    """Segmenter + classifier ensemble with their metadata; screens batches of decoded films."""
 
-    def __init__(self, segmenter, classifier, segmenter_meta: dict, classifier_meta: dict,
+    def __init__(self, segmenter, classifiers: list, segmenter_meta: dict, classifier_meta: dict,
                  scope: ScopeModel | None = None):
         self.segmenter_meta, self.classifier_meta = segmenter_meta, classifier_meta
         self.name: str = classifier_meta["name"]
         self.version: str = classifier_meta["version"]
         self.threshold: float = float(classifier_meta["threshold"])
         self.flag_band_low: float = float(classifier_meta["flag_band_low"])
-        self.temperature: float = float(classifier_meta.get("temperature", 1.0))
+        self.calibration = Calibration.from_meta(classifier_meta)
         self.seg_size = int(segmenter.input_shape[1])
-        self.input_size = int(classifier.input_shape[1])
+        self.input_size = int(classifiers[0].input_shape[1])
         self.policy = FlagPolicy.from_meta(classifier_meta)
         self.scope = scope
         self._segment = compiled(segmenter)
-        self._analyse = analyse_crops(classifier)
+        self._analyse = analyse_crops(classifiers)
 
     @classmethod
     def load(cls, weights_dir: Path, with_scope: bool = True) -> "Screener":
@@ -59,6 +60,10 @@ class Screener:
         weights_dir = Path(weights_dir)
         needed = FILES if with_scope else FILES[:-1]
         missing = [name for name in needed if not (weights_dir / name).is_file()]
+        if "classifier.json" not in missing:
+            classifier_meta = json.loads((weights_dir / "classifier.json").read_text())
+            members = member_files(classifier_meta)
+            missing += [name for name in members if not (weights_dir / name).is_file()]
         if missing:
             raise FileNotFoundError(
                 f"model weights missing in {weights_dir}: {', '.join(missing)} "
@@ -67,13 +72,11 @@ class Screener:
         import keras
 
         segmenter = keras.models.load_model(weights_dir / "segmenter.keras", compile=False)
-        classifier = keras.models.load_model(weights_dir / "classifier.keras", compile=False)
-        screener = cls(segmenter, classifier,
-                       json.loads((weights_dir / "segmenter.json").read_text()),
-                       json.loads((weights_dir / "classifier.json").read_text()),
-                       ScopeModel.load(weights_dir / "scope.npz") if with_scope else None)
-        logger.info("loaded %s %s (threshold %.3f) from %s", screener.name, screener.version,
-                    screener.threshold, weights_dir)
+        classifiers = [keras.models.load_model(weights_dir / name, compile=False) for name in members]
+        screener = cls(segmenter, classifiers, json.loads((weights_dir / "segmenter.json").read_text()),
+                       classifier_meta, ScopeModel.load(weights_dir / "scope.npz") if with_scope else None)
+        logger.info("loaded %s %s (%d member(s), threshold %.3f) from %s", screener.name, screener.version,
+                    len(classifiers), screener.threshold, weights_dir)
         return screener
 
     def screen(self, images: list[np.ndarray]) -> list[Finding]:
@@ -92,7 +95,7 @@ class Screener:
         masks = predict_masks(self._segment, small, self.seg_size, batch_size=len(films))
         boxes = [mask_to_box(mask) for mask in masks]
         crops = crop_batch(films, boxes, self.input_size)
-        out = self._analyse(equalize(crops), self.temperature)
+        out = self._analyse(equalize(crops), self.calibration)
         out.update(boxes=boxes, crops=crops, stats=image_stats(small, masks, crops),
                    crop_failed=np.array([b.failure == CROP_FAILED for b in boxes]))
         if self.scope is not None:
@@ -105,6 +108,7 @@ class Screener:
         reasons = flag_reasons(self.policy, prob, self.threshold, float(out["mc_high"][i]),
                                bool(out["crop_failed"][i]), out["stats"][i], scope)
         details = {"scope": scope, "mc_high": round(float(out["mc_high"][i]), 4),
+                   "member_spread": round(float(out["member_spread"][i]), 4),
                    "mc_spread": round(float(out["mc_spread"][i]), 4),
                    "crop_contrast": round(float(out["stats"][i][STATS.index("crop_std")]), 4),
                    "crop_saturated": round(float(out["stats"][i][STATS.index("saturated")]), 4),
@@ -113,6 +117,11 @@ class Screener:
         return Finding(probability=prob, prediction="PNEUMONIA" if prob >= self.threshold else "NORMAL",
                        threshold=self.threshold, flagged=bool(reasons), flag_reason=",".join(reasons) or None,
                        crop_box=box, crop=out["crops"][i], heatmap=out["heatmap"][i], details=details)
+
+
+def member_files(classifier_meta: dict) -> list[str]:
+    """The ensemble's weight files from classifier.json (a single classifier.keras when none are listed)."""
+    return [member["file"] for member in classifier_meta.get("members", [{"file": "classifier.keras"}])]
 
 
 def _checked(index: int, image) -> np.ndarray:

@@ -22,9 +22,11 @@ def build_tiny_bundle(out_dir: Path, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     build_unet(64, widths=(4, 8), bottleneck=8).save(out_dir / "segmenter.keras")
+    # Two members, so every test through the tiny bundle runs the ensemble path.
     build_classifier(64, stem=4, widths=(8, 16)).save(out_dir / "classifier.keras")
+    build_classifier(64, stem=4, widths=(8, 16)).save(out_dir / "classifier-1.keras")
     # A gate that never fires: untrained features mean nothing; the shipped gate is tested on its own.
-    dims, stats = 16, len(STATS)
+    dims, stats = 2 * 16, len(STATS)  # two members of 16 pooled features each
     ScopeModel(np.zeros((2, dims)), np.eye(dims)[:, :4], np.ones(4), 1.0, 1e9, np.zeros(stats), np.ones(stats),
                1e9).save(out_dir / "scope.npz")
     (out_dir / "segmenter.json").write_text(json.dumps({
@@ -33,7 +35,9 @@ def build_tiny_bundle(out_dir: Path, seed: int = 0) -> Path:
     (out_dir / "classifier.json").write_text(json.dumps({
         # Untrained outputs sit near 0.5: NORMAL calls inside the flag band, exercising both flag reasons.
         "name": "tiny-cnn", "version": "0.0.0+tiny", "input_size": 64, "threshold": 0.6,
-        "flag_band_low": 0.4, "temperature": 1.0, "validation": {}, "trained_at": now,
+        "flag_band_low": 0.4, "calibration": {"method": "platt", "scale": 1.0, "bias": 0.0}, "validation": {}, "trained_at": now,
+        "members": [{"file": "classifier.keras", "version": "0.0.0+tiny0"},
+                    {"file": "classifier-1.keras", "version": "0.0.0+tiny1"}],
         "command": "models.testing.build_tiny_bundle"}, indent=2))
     logger.info("tiny bundle saved to %s", out_dir)
     return out_dir

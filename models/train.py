@@ -48,7 +48,10 @@ def load_films(paths: list[Path]) -> np.ndarray:
 
 def patient_split(paths: list[Path], labels: np.ndarray, val_share: float = 0.18,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Train/val image indices, splitting patients (not images), stratified by class."""
+    """Train/val image indices, splitting patients (not images), stratified by class.
+
+    Every training and calibration step uses the default seed, so all ensemble members share one split.
+    """
     rng = np.random.default_rng(seed)
     patients = np.array([patient_id(p.name) for p in paths])
     val_patients: set[str] = set()
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--segmenter-path", type=Path, help="segmenter.keras (classifier only)")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="segmenter only: the random seed")
+    parser.add_argument("--member", type=int, default=0,
+                        help="classifier only: ensemble member to train (0 starts a new ensemble; "
+                             "N > 0 adds classifier-N.keras, seeded with N)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = shlex.join(["python", "-m", "models.train", *(sys.argv[1:] if argv is None else argv)])
@@ -85,13 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     elif args.recalibrate:
         from models.recalibrate import recalibrate
 
-        meta = recalibrate(args.data, args.out, command=command, seed=args.seed)
+        meta = recalibrate(args.data, args.out, command=command)
     else:
         from models.classifier import train_classifier
 
         segmenter_path = args.segmenter_path or args.out / "segmenter.keras"
         meta = train_classifier(args.data, args.out, segmenter_path, epochs=args.epochs or 16,
-                                seed=args.seed, command=command)
+                                member=args.member, command=command)
     logger.info("done in %.0fs: %s", time.monotonic() - started, meta)
 
 

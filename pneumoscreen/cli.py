@@ -235,9 +235,14 @@ def train_segmenter(data: Path, out: Path | None, epochs: int) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to save the weights [default: the shipped weights folder].")
 @click.option("--epochs", default=16, show_default=True, type=int)
-def train(data: Path, out: Path | None, epochs: int) -> None:
-    """Train the pneumonia classifier on lung crops (needs the segmenter in --out)."""
+@click.option("--member", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Ensemble member to train: 0 starts a new ensemble, N > 0 adds member N.")
+def train(data: Path, out: Path | None, epochs: int, member: int) -> None:
+    """Train one pneumonia classifier (ensemble member) on lung crops (needs the segmenter in --out)."""
     from models.classifier import train_classifier
 
     out = out or _settings().weights_dir
-    click.echo(train_classifier(data, out, out / "segmenter.keras", epochs=epochs))
+    try:
+        click.echo(train_classifier(data, out, out / "segmenter.keras", epochs=epochs, member=member))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc

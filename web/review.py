@@ -6,10 +6,12 @@ from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import TextAreaField
 
+from models.flags import REASON_TEXT
 from web import db
 from web.auth import roles_required
 from web.queries import review_queue, study_json, visible_study
 from web.reviews import record_decision
+from worker.dicom_intake import OUT_OF_SCOPE, age_years, in_age_scope, in_modality_scope, is_frontal
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("review", __name__, url_prefix="/review")
@@ -44,7 +46,32 @@ def study(study_id: int):
         flash(f"Study {study_id}: decision recorded.", "info")
         return redirect(_next_open(study_id))
     return render_template("review_study.html", study=study_json(found), record=found, form=form,
-                           reviews=found.flag.reviews)
+                           reviews=found.flag.reviews, reasons=explain_flag(found),
+                           details=found.prediction.details or {})
+
+
+def explain_flag(study) -> list[tuple[str, str]]:
+    """(reason, what it means) for each flag reason; a DICOM header's out_of_scope names its cause."""
+    explained = []
+    for reason in study.flag.reason.split(","):
+        text = REASON_TEXT.get(reason, reason)
+        causes = header_causes(study) if reason == OUT_OF_SCOPE else []
+        if causes:
+            text = f"DICOM header: {'; '.join(causes)}. {text}"
+        explained.append((reason, text))
+    return explained
+
+
+def header_causes(study) -> list[str]:
+    """Why the DICOM header puts this image out of scope; [] when it does not."""
+    causes = []
+    if not in_modality_scope(study.modality):
+        causes.append(f"modality {study.modality} is not a radiograph")
+    if not in_age_scope(study.patient_age):
+        causes.append(f"patient age {age_years(study.patient_age):.0f} years (adult)")
+    if not is_frontal(study.view_position):
+        causes.append(f"view {study.view_position} is not frontal")
+    return causes
 
 
 def _next_open(done_id: int) -> str:

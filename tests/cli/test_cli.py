@@ -86,3 +86,11 @@ def test_bad_settings_fail_at_start_with_the_setting_named(env):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "PNEUMOSCREEN_BATCH_SIZE must be a whole number" in result.stderr
+
+
+def test_train_refuses_an_ensemble_member_out_of_order(tmp_path, env, tiny_weights):
+    (tmp_path / "classifier.json").write_text((tiny_weights / "classifier.json").read_text())
+    result = CliRunner().invoke(main, ["train", "--member", "3", "--out", str(tmp_path), "--data", str(tmp_path)],
+                                env=env)
+    assert result.exit_code == 1
+    assert "cannot train member 3" in result.output and "train member 2 first" in result.output

@@ -1,10 +1,11 @@
 """Adults are out of scope: the age comes from PatientAge, or from birth and study dates."""
 import pytest
 
-from db.models import Study
+from db.models import ReviewFlag, Study
 from models.dicom import header_meta
 from tests.conftest import data_dir
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from web.review import explain_flag
 from worker.dicom_intake import age_years, readable, scope_flag
 
 
@@ -32,6 +33,18 @@ def test_adult_frontal_film_is_out_of_scope_and_a_child_keeps_the_model_flag():
     assert scope_flag(None, adult, "near_threshold") == "out_of_scope" and not readable(adult)
     assert scope_flag(None, child, "near_threshold") == "near_threshold" and readable(child)
     assert scope_flag(None, unknown, None) is None
+
+
+def test_reviewers_read_why_a_film_is_out_of_scope():
+    adult = Study(modality="CR", view_position="LL", patient_age="064Y", flag=ReviewFlag(reason="out_of_scope"))
+    [(reason, text)] = explain_flag(adult)
+    assert reason == "out_of_scope"
+    assert text.startswith("DICOM header: patient age 64 years (adult); view LL is not frontal.")
+    # The pixel gate's out_of_scope (no header cause) and the model's own reasons keep the plain text.
+    child = Study(modality=None, view_position=None, patient_age=None,
+                  flag=ReviewFlag(reason="out_of_scope,near_threshold"))
+    assert [text.split(" ")[:3] for _, text in explain_flag(child)] == [["The", "film", "does"],
+                                                                        ["The", "pneumonia", "probability"]]
 
 
 def test_the_real_adult_film_with_dates_reads_as_64_years():

@@ -1,7 +1,7 @@
 """AUC, threshold and flag-band helpers on small hand-made score sets."""
 import numpy as np
 
-from models.calibration import choose_flag_band, choose_threshold, fit_temperature
+from models.calibration import Calibration, choose_flag_band, choose_threshold, log_loss
 from models.evaluate import binary_metrics, roc_auc
 from models.train import patient_id
 
@@ -23,10 +23,15 @@ def test_threshold_keeps_sensitivity_and_cap():
     assert band["normal_calls_flagged_share"] <= 0.16
 
 
-def test_temperature_softens_overconfident_logits():
-    labels = np.r_[np.zeros(50), np.ones(50)]
-    logits = np.r_[np.full(40, -8.0), np.full(10, 8.0), np.full(40, 8.0), np.full(10, -8.0)]
-    assert fit_temperature(logits, labels) > 2.0
+def test_platt_recovers_scale_and_bias():
+    # Labels drawn from sigmoid(0.5 * z - 1.5); the model reports z: over-confident and shifted.
+    rng = np.random.default_rng(0)
+    z = rng.normal(2.0, 4.0, 20000)
+    labels = (rng.random(len(z)) < 1 / (1 + np.exp(-(0.5 * z - 1.5)))).astype(float)
+    fitted = Calibration.fit(z, labels)
+    assert abs(fitted.scale - 0.5) < 0.05 and abs(fitted.bias + 1.5) < 0.1
+    assert log_loss(fitted(z), labels) < log_loss(Calibration()(z), labels)
+    assert Calibration.from_meta({"calibration": fitted.to_meta()}) == fitted
 
 
 def test_patient_ids_from_file_names():

@@ -67,10 +67,17 @@ def test_bad_input_raises_value_error(tiny_screener, bad, message):
 
 
 def test_load_reports_missing_files(tmp_path, tiny_bundle):
-    with pytest.raises(FileNotFoundError, match="classifier.keras"):
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="segmenter.keras, segmenter.json, classifier.json, scope.npz"):
         Screener.load(tmp_path)
     meta = json.loads((tiny_bundle / "classifier.json").read_text())
     assert Screener.load(tiny_bundle).version == meta["version"]
+    # An ensemble member listed in classifier.json but not on disk is named.
+    partial = shutil.copytree(tiny_bundle, tmp_path / "partial")
+    (partial / "classifier-1.keras").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing in .*: classifier-1\.keras"):
+        Screener.load(partial)
 
 
 def test_save_model_versions_by_content_and_reloads_the_same_weights(tmp_path):

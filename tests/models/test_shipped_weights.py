@@ -31,3 +31,22 @@ def test_shipped_weights_separate_real_films(data_dir):
     assert roc_auc(probs, labels) > 0.9, probs
     # The segmenter must find clear normal lungs, not fall back to the central box.
     assert sum(f.crop_box == FALLBACK_BOX for f in findings) <= 1
+
+
+def test_shipped_ensemble_files_are_the_trained_ones():
+    import hashlib
+    import json
+
+    from models.classifier import ensemble_version
+
+    meta = json.loads((WEIGHTS_DIR / "classifier.json").read_text())
+    members = meta["members"]
+    assert [m["file"] for m in members] == ["classifier.keras"] + [f"classifier-{i}.keras" for i in
+                                                                  range(1, len(members))]
+    for member in members:
+        # Each member's version ends with the first 8 hex of its file's sha256, written when it was saved.
+        digest = hashlib.sha256((WEIGHTS_DIR / member["file"]).read_bytes()).hexdigest()[:8]
+        assert member["version"].endswith(f"+{digest}"), member["file"]
+        assert member["command"].startswith("python -m models.train --classifier")
+    assert meta["version"] == ensemble_version([m["version"] for m in members])
+    assert set(meta["calibration"]) == {"method", "scale", "bias"} and meta["calibration"]["scale"] > 0

@@ -1,4 +1,5 @@
 """The portal as a person uses it: login with CSRF, upload a zip, batch pages, the review queue."""
+import html
 import io
 import re
 
@@ -6,6 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from db.models import ReviewFlag, Study
+from models.flags import REASON_TEXT
 from tests.conftest import sample_films, zip_bytes
 from worker import pipeline
 
@@ -75,6 +77,10 @@ def test_upload_a_zip_then_see_results_and_review(app, client):
     assert all(f"/review/{study_id}".encode() in queue for study_id in flagged)
     study_page = reviewer.get(f"/review/{flagged[0]}").data
     assert b"Lung crop" in study_page and b'value="pneumonia"' in study_page
+    with services.sessions() as session:
+        reasons = session.scalar(select(ReviewFlag.reason).where(ReviewFlag.study_id == flagged[0])).split(",")
+    # Each reason is explained in words, not just named.
+    assert all(html.escape(REASON_TEXT[reason]).encode() in study_page for reason in reasons)
     response = reviewer.post(f"/review/{flagged[0]}", data={"csrf_token": _csrf(study_page),
                                                             "decision": "normal", "note": "clear"})
     assert response.status_code == 302
