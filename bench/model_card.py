@@ -46,8 +46,9 @@ def figures(plt, probs, raw_probs, labels, threshold, perturbed, scope, examples
     fig.tight_layout(), fig.savefig(IMG / "roc.png"), plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=90)
-    edges = np.quantile(probs, np.linspace(0, 1, 11))
     for p, name in ((raw_probs, "raw: sigmoid(logit)"), (probs, "Platt-scaled")):
+        # Each curve gets its own decile edges: the raw scores sit elsewhere on [0, 1].
+        edges = np.quantile(p, np.linspace(0, 1, 11))
         bins = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, 9)
         ax.plot([p[bins == b].mean() for b in range(10)], [labels[bins == b].mean() for b in range(10)], "o-",
                 label=name, ms=3)

@@ -120,8 +120,8 @@ class Screener:
 
 
 def member_files(classifier_meta: dict) -> list[str]:
-    """The ensemble's weight files from classifier.json (a single classifier.keras when none are listed)."""
-    return [member["file"] for member in classifier_meta.get("members", [{"file": "classifier.keras"}])]
+    """The ensemble's weight files, as classifier.json lists them."""
+    return [member["file"] for member in classifier_meta["members"]]
 
 
 def _checked(index: int, image) -> np.ndarray:
