@@ -30,6 +30,21 @@ def test_fit_scope_separates_far_points(tmp_path):
     np.testing.assert_allclose(again.scores(features, stats)["score"], inside, rtol=1e-4)
 
 
+def test_lungs_filling_the_frame_have_the_tighter_limit():
+    rng = np.random.default_rng(1)
+    features, labels = rng.normal(size=(4000, 8)), np.arange(4000) % 2
+    stats = rng.normal(size=(4000, len(STATS)))
+    model = fit_scope(features, labels, stats, components=4)
+    area, other = STATS.index("mask_area"), STATS.index("film_mean")
+    # The same z (the 99.7th percentile of |z| for a normal statistic) on two statistics.
+    z = np.quantile(np.abs(stats[:, other] - np.median(stats[:, other])) / model.stat_scale[other], 0.997)
+    films = np.tile(np.median(stats, axis=0), (2, 1))
+    films[0, area] += z * model.stat_scale[area]
+    films[1, other] += z * model.stat_scale[other]
+    scores = model.scores(features[:2] * 0 + features.mean(axis=0), films)["stats"]
+    assert scores[0] >= 1.0 > scores[1], scores
+
+
 @pytest.fixture(scope="module")
 def shipped():
     from models.screener import Screener
