@@ -57,7 +57,7 @@ PERTURBATIONS = ("gamma_0.7", "gamma_1.4", "contrast_0.7", "blur_1.5", "noise_0.
 def run_all(screener, films: np.ndarray) -> dict[str, np.ndarray]:
     """Screener.run over a large batch in chunks; the arrays concatenated."""
     parts = [screener.run(films[i:i + CHUNK]) for i in range(0, len(films), CHUNK)]
-    keys = ("logit", "features", "stats", "mc_high", "crop_failed")
+    keys = ("logit", "features", "stats", "mc_high", "member_spread", "crop_failed")
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
