@@ -35,7 +35,8 @@ def build_tiny_bundle(out_dir: Path, seed: int = 0) -> Path:
     (out_dir / "classifier.json").write_text(json.dumps({
         # Untrained outputs sit near 0.5: NORMAL calls inside the flag band, exercising both flag reasons.
         "name": "tiny-cnn", "version": "0.0.0+tiny", "input_size": 64, "threshold": 0.6,
-        "flag_band_low": 0.4, "calibration": {"method": "platt", "scale": 1.0, "bias": 0.0}, "validation": {}, "trained_at": now,
+        "flag_band_low": 0.4, "calibration": {"method": "platt", "scale": 1.0, "bias": 0.0},
+        "validation": {}, "trained_at": now,
         "members": [{"file": "classifier.keras", "version": "0.0.0+tiny0"},
                     {"file": "classifier-1.keras", "version": "0.0.0+tiny1"}],
         "command": "models.testing.build_tiny_bundle"}, indent=2))
