@@ -45,7 +45,6 @@ class Screener:
         self.name: str = classifier_meta["name"]
         self.version: str = classifier_meta["version"]
         self.threshold: float = float(classifier_meta["threshold"])
-        self.flag_band_low: float = float(classifier_meta["flag_band_low"])
         self.calibration = Calibration.from_meta(classifier_meta)
         self.seg_size = int(segmenter.input_shape[1])
         self.input_size = int(classifiers[0].input_shape[1])
