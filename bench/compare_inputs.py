@@ -24,11 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.calibration import Calibration, choose_threshold  # noqa: E402
-from models.classifier import fit_classifier  # noqa: E402
 from models.crop import CROP_FAILED, equalize, resize_batch  # noqa: E402
-from models.evaluate import binary_metrics  # noqa: E402
 from models.segmenter import compiled, crop_lungs  # noqa: E402
-from models.train import list_images, load_films, patient_split  # noqa: E402
+from training.classifier import fit_classifier  # noqa: E402
+from training.data import list_images, load_films, patient_split  # noqa: E402
+from training.evaluate import binary_metrics  # noqa: E402
 
 logger = logging.getLogger("compare_inputs")
 # (name, input px, lung crop?, backbone)

@@ -20,9 +20,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.recalibrate import MAX_FLAG_SHARE, run_all  # noqa: E402
 from models.screener import Screener  # noqa: E402
-from models.train import list_images, load_films, patient_split  # noqa: E402
+from training.data import list_images, load_films, patient_split  # noqa: E402
+from training.recalibrate import MAX_FLAG_SHARE, run_all  # noqa: E402
 
 THRESHOLDS = (None, 0.4, 0.5, 0.6, 0.7, 0.8)  # None: the shipped threshold
 
@@ -49,17 +49,17 @@ def main() -> None:
     _, val = patient_split(paths, labels)
     y = labels[val]
     out = run_all(screener, load_films([paths[i] for i in val]))
-    probs = screener.calibration(out["logit"])
-    other = out["crop_failed"] | (screener.scope.scores(out["features"], out["stats"])["score"] >= 1)
+    probs = screener.calibration(out.logit)
+    other = out.crop_failed | (screener.scope.scores(out.features, out.stats)["score"] >= 1)
     rows = []
     for threshold in THRESHOLDS:
         t = threshold or screener.threshold
         normal_calls = probs < t
         missed = normal_calls & (y == 1)
-        policies = {"shipped": fill_budget(normal_calls, probs, other | (out["mc_high"] >= t)),
+        policies = {"shipped": fill_budget(normal_calls, probs, other | (out.mc_high >= t)),
                     "probability": fill_budget(normal_calls, probs, other),
-                    "mc_high": fill_budget(normal_calls, out["mc_high"], other),
-                    "disagreement": fill_budget(normal_calls, out["member_spread"], other)}
+                    "mc_high": fill_budget(normal_calls, out.mc_high, other),
+                    "disagreement": fill_budget(normal_calls, out.member_spread, other)}
         row = {"threshold": round(t, 3), "false_negatives": int(missed.sum()),
                "normal_calls": int(normal_calls.sum()),
                "policies": {name: {"fn_flagged": int(f[missed].sum()),

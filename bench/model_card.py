@@ -2,7 +2,7 @@
 
 Run: .venv/bin/pip install -e ".[docs]" && .venv/bin/python bench/model_card.py --data ../shared/data
 Uses the shipped bundle on the patient-level validation split (the same split training used), the
-perturbations of models/recalibrate.py, and bench/results/scope_eval.json (bench/scope_eval.py).
+perturbations of training/recalibrate.py, and bench/results/scope_eval.json (bench/scope_eval.py).
 """
 import argparse
 import json
@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.calibration import sigmoid  # noqa: E402
-from models.evaluate import binary_metrics  # noqa: E402
 from models.heatmap import colorize, film_heatmap  # noqa: E402
-from models.recalibrate import PERTURBATIONS, perturb, run_all  # noqa: E402
 from models.screener import Screener  # noqa: E402
-from models.train import list_images, load_films, patient_split  # noqa: E402
+from training.data import list_images, load_films, patient_split  # noqa: E402
+from training.evaluate import binary_metrics  # noqa: E402
+from training.recalibrate import PERTURBATIONS, perturb, run_all  # noqa: E402
 
 logger = logging.getLogger("model_card")
 IMG = ROOT / "docs" / "img"
@@ -121,9 +121,9 @@ def main() -> None:
     paths, labels = list_images(args.data / "kermany-train")
     _, val = patient_split(paths, labels)
     films, y = load_films([paths[i] for i in val]), labels[val]
-    logits = run_all(screener, films)["logit"]
+    logits = run_all(screener, films).logit
     probs, raw = screener.calibration(logits), sigmoid(logits)
-    perturbed = {name: screener.calibration(run_all(screener, perturb(name, films))["logit"])
+    perturbed = {name: screener.calibration(run_all(screener, perturb(name, films)).logit)
                  for name in PERTURBATIONS}
     scope = json.loads((ROOT / "bench" / "results" / "scope_eval.json").read_text())
     picks = [int(np.nonzero(y == 0)[0][5]), int(np.nonzero(y == 1)[0][5]), int(np.nonzero(y == 1)[0][300]),

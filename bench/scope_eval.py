@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.imaging import decode_image  # noqa: E402
+from models.reasons import FlagReason  # noqa: E402
 from models.screener import Screener  # noqa: E402
-from models.testing import blank_images, film_variants, synthetic_non_chest  # noqa: E402
-from models.train import list_images, patient_split  # noqa: E402
+from tests.models.bundle import blank_images, film_variants, synthetic_non_chest  # noqa: E402
+from training.data import list_images, patient_split  # noqa: E402
 
 logger = logging.getLogger("scope_eval")
 
@@ -27,7 +28,7 @@ logger = logging.getLogger("scope_eval")
 def summarize(findings) -> dict:
     """Share flagged out_of_scope and the score quartiles of a group of findings."""
     scores = np.array([f.details["scope"]["score"] for f in findings])
-    oos = np.array(["out_of_scope" in (f.flag_reason or "") for f in findings])
+    oos = np.array([FlagReason.OUT_OF_SCOPE in f.reasons for f in findings])
     normal_unflagged = np.array([f.prediction == "NORMAL" and not f.flagged for f in findings])
     return {"n": len(findings), "out_of_scope_share": round(float(oos.mean()), 4),
             "passed_as_unflagged_normal": int(normal_unflagged.sum()),

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.crop import mask_to_box, resize_batch  # noqa: E402
 from models.segmenter import compiled, predict_masks  # noqa: E402
-from models.train import load_films  # noqa: E402
+from training.data import load_films  # noqa: E402
 
 logger = logging.getLogger(__name__)
 TILE = 192

@@ -4,7 +4,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
 
 logger = logging.getLogger(__name__)
 
@@ -25,3 +27,18 @@ def upgrade(url: str) -> None:
 
 def heads(url: str = "sqlite://") -> list[str]:
     return list(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+
+
+def current(url: str) -> str | None:
+    """The database's schema revision; None for an empty database. Raises SQLAlchemyError if unreachable."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def is_current(url: str) -> bool:
+    """True when the database at `url` is at the newest schema."""
+    return current(url) in heads(url)

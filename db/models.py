@@ -1,16 +1,57 @@
 """ORM classes: users and tokens, batches of studies, predictions, review flags, audit log."""
 from datetime import datetime, timezone
+from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("uploader", "reviewer", "admin")
-STUDY_STATUSES = ("queued", "running", "done", "error")
-DECISIONS = ("pneumonia", "normal", "unreadable")
+
+
+class StudyStatus(StrEnum):
+    """Where a study stands; every study ends `done` or `error`."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    ERROR = "error"
+
+
+UNFINISHED = (StudyStatus.QUEUED, StudyStatus.RUNNING)
+FINISHED = (StudyStatus.DONE, StudyStatus.ERROR)
+
+
+class FlagStatus(StrEnum):
+    """A review flag waits for a reviewer (`open`) until a decision closes it."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Decision(StrEnum):
+    """What a reviewer may record on a flagged study."""
+
+    PNEUMONIA = "pneumonia"
+    NORMAL = "normal"
+    UNREADABLE = "unreadable"
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time with its zone: SQLite hands back naive UTC times, PostgreSQL aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -81,7 +122,7 @@ class Study(Base):
     filename: Mapped[str] = mapped_column(String(512))
     content_sha256: Mapped[str] = mapped_column(String(64), index=True)
     storage_key: Mapped[str] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED, index=True)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -126,8 +167,9 @@ class ReviewFlag(Base):
     __tablename__ = "review_flags"
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
-    reason: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    # The flag reasons (models.flags.FlagReason values), in the order the model gives them.
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=FlagStatus.OPEN, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     study: Mapped[Study] = relationship(back_populates="flag")
     reviews: Mapped[list["Review"]] = relationship(back_populates="flag", order_by="Review.id")

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from models.reasons import FlagReason
+
 logger = logging.getLogger(__name__)
 
 # Films are squashed to this square size before segmentation and cropping, like the training data.
@@ -12,7 +14,7 @@ FILM_SIZE = 224
 MARGIN = 0.08
 # Central box used when the mask is implausible: covers both lungs on typical pediatric films.
 FALLBACK_BOX = (0.10, 0.08, 0.90, 0.92)
-CROP_FAILED = "lung_crop_failed"
+CROP_FAILED = FlagReason.LUNG_CROP_FAILED
 MIN_AREA = 0.04
 MIN_SIDE_BALANCE = 0.2
 MIN_WIDTH, MIN_HEIGHT = 0.3, 0.25
@@ -21,10 +23,10 @@ ASPECT_RANGE = (0.6, 2.5)
 
 @dataclass(frozen=True)
 class CropBox:
-    """A crop box as (x0, y0, x1, y1) fractions of the film; `failure` says why it fell back."""
+    """A crop box as (x0, y0, x1, y1) fractions of the film; `failure` is CROP_FAILED when it fell back."""
 
     box: tuple[float, float, float, float]
-    failure: str | None = None
+    failure: FlagReason | None = None
 
 
 def mask_to_box(mask: np.ndarray, margin: float = MARGIN) -> CropBox:

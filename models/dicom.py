@@ -2,10 +2,11 @@
 import datetime
 import io
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
-from models.imaging import MAX_PIXELS, ImageDecodeError
+from models.limits import MAX_PIXELS, ImageDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +20,19 @@ META_FIELDS = {
     "view_position": ("ViewPosition", 16), "patient_age": ("PatientAge", 8),
     "body_part": ("BodyPartExamined", 32),
 }
+
+
+@dataclass(frozen=True)
+class DicomMeta:
+    """Header facts kept on a study row (META_FIELDS), each cut to its column width; None when absent."""
+
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    modality: str | None = None
+    view_position: str | None = None
+    patient_age: str | None = None
+    body_part: str | None = None
 
 
 def is_dicom(data: bytes) -> bool:
@@ -118,21 +132,22 @@ def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def header_meta(data: bytes) -> dict | None:
+def header_meta(data: bytes) -> DicomMeta | None:
     """Study-row attributes from the header (UIDs, modality, view, age, body part); None if unreadable."""
     try:
         ds = read_dataset(data, pixels=False)
     except ImageDecodeError:
         return None
-    meta = {}
+    values = {}
     for column, (keyword, width) in META_FIELDS.items():
-        value = str(ds.get(keyword, "") or "").strip().upper() if keyword in ("Modality", "ViewPosition") \
-            else str(ds.get(keyword, "") or "").strip()
-        meta[column] = value[:width] or None
-    if meta["patient_age"] is None:
-        meta["patient_age"] = _age_from_dates(ds.get("PatientBirthDate"),
-                                              ds.get("StudyDate") or ds.get("ContentDate"))
-    return meta
+        value = str(ds.get(keyword, "") or "").strip()
+        if keyword in ("Modality", "ViewPosition"):
+            value = value.upper()
+        values[column] = value[:width] or None
+    if values["patient_age"] is None:
+        values["patient_age"] = _age_from_dates(ds.get("PatientBirthDate"),
+                                                ds.get("StudyDate") or ds.get("ContentDate"))
+    return DicomMeta(**values)
 
 
 def _age_from_dates(birth, taken) -> str | None:

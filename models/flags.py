@@ -4,31 +4,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.crop import CROP_FAILED
-from models.scope import OUT_OF_SCOPE, STATS
+from models.reasons import FlagReason
+from models.scope import STATS
 
 logger = logging.getLogger(__name__)
 
-NEAR_THRESHOLD = "near_threshold"
-UNCERTAIN = "uncertain"
-LOW_QUALITY = "low_quality"
-REASONS = (OUT_OF_SCOPE, NEAR_THRESHOLD, UNCERTAIN, CROP_FAILED, LOW_QUALITY)
 # What each reason means, in the words the reviewer page shows.
-REASON_TEXT = {
-    OUT_OF_SCOPE: "The film does not look like the pediatric frontal chest films the model learned from "
-                  "(adult, other view, not a chest film, inverted or blank): its call means little here.",
-    NEAR_THRESHOLD: "The pneumonia probability is just below the threshold.",
-    UNCERTAIN: "The ensemble's members or their dropout samples disagree: part of them would call pneumonia.",
-    CROP_FAILED: "The lung outline was implausible (one lung, tiny or missing); the model read a fixed central "
-                 "box instead of the lungs.",
-    LOW_QUALITY: "The lung region has unusually low contrast or burnt-out areas.",
+REASON_TEXT: dict[FlagReason, str] = {
+    FlagReason.OUT_OF_SCOPE: "The film does not look like the pediatric frontal chest films the model learned from "
+                             "(adult, other view, not a chest film, inverted or blank): its call means little here.",
+    FlagReason.NEAR_THRESHOLD: "The pneumonia probability is just below the threshold.",
+    FlagReason.UNCERTAIN: "The ensemble's members or their dropout samples disagree: part of them would call "
+                          "pneumonia.",
+    FlagReason.LUNG_CROP_FAILED: "The lung outline was implausible (one lung, tiny or missing); the model read a "
+                                 "fixed central box instead of the lungs.",
+    FlagReason.LOW_QUALITY: "The lung region has unusually low contrast or burnt-out areas.",
 }
 CROP_STD, SATURATED = STATS.index("crop_std"), STATS.index("saturated")
 
 
 @dataclass(frozen=True)
 class FlagPolicy:
-    """Flag limits from classifier.json (fitted by `python -m models.train --recalibrate`)."""
+    """Flag limits from classifier.json (fitted by `python -m training --recalibrate`)."""
 
     band_low: float
     min_contrast: float = 0.0
@@ -45,20 +42,19 @@ class FlagPolicy:
 
 
 def flag_reasons(policy: FlagPolicy, prob: float, threshold: float, mc_high: float, crop_failed: bool,
-                 stats: np.ndarray, scope: dict | None) -> list[str]:
-    """Reasons to show this film to a person, in REASONS order; [] for none."""
+                 stats: np.ndarray, scope: dict | None) -> list[FlagReason]:
+    """Reasons to show this film to a person, in FlagReason order; [] for none."""
     reasons = []
     if scope is not None and scope["score"] >= 1.0:
-        reasons.append(OUT_OF_SCOPE)  # whatever the call: the model's output means little here
+        reasons.append(FlagReason.OUT_OF_SCOPE)  # whatever the call: the model's output means little here
     if prob < threshold:
         # Flags ask a person to look at a NORMAL call; a PNEUMONIA call is reviewed anyway.
         if prob >= policy.band_low:
-            reasons.append(NEAR_THRESHOLD)
+            reasons.append(FlagReason.NEAR_THRESHOLD)
         if policy.uncertain and mc_high >= threshold:
-            reasons.append(UNCERTAIN)
+            reasons.append(FlagReason.UNCERTAIN)
         if crop_failed:
-            reasons.append(CROP_FAILED)
+            reasons.append(FlagReason.LUNG_CROP_FAILED)
         if stats[CROP_STD] < policy.min_contrast or stats[SATURATED] > policy.max_saturated:
-            reasons.append(LOW_QUALITY)
+            reasons.append(FlagReason.LOW_QUALITY)
     return reasons
-

@@ -1,5 +1,6 @@
 """One pass of every ensemble member per batch: mean logit, features, Grad-CAM and the predictive spread."""
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -9,6 +10,19 @@ logger = logging.getLogger(__name__)
 
 MC_SAMPLES = 32
 MC_QUANTILE = 0.9
+
+
+@dataclass(frozen=True)
+class EnsembleOutput:
+    """Per-crop arrays of one ensemble pass over N equalized crops."""
+
+    logit: np.ndarray          # (N,) mean of the members' logits
+    probability: np.ndarray    # (N,) calibrated probability of that mean logit
+    features: np.ndarray       # (N, members x pooled features) side by side, for the scope gate
+    heatmap: np.ndarray        # (N, S, S) mean of the members' Grad-CAMs, in [0, 1]
+    member_spread: np.ndarray  # (N,) std of the members' calibrated probabilities
+    mc_high: np.ndarray        # (N,) MC_QUANTILE of the probabilities over members x dropout samples
+    mc_spread: np.ndarray      # (N,) their std
 
 
 def _member_pass(classifier):
@@ -44,8 +58,8 @@ def _member_pass(classifier):
     return forward, mc_kernels, float(bias[0])
 
 
-def analyse_crops(classifiers: list):
-    """A function (equalized crops (N, S, S), calibration) -> dict of per-crop arrays.
+def ensemble_pass(classifiers: list):
+    """A function (equalized crops (N, S, S), calibration) -> EnsembleOutput.
 
     The ensemble's logit is the mean of its members' logits; features are the members' pooled
     features side by side; the heatmap is the mean of the members' Grad-CAMs. `mc_high` is the
@@ -54,7 +68,7 @@ def analyse_crops(classifiers: list):
     """
     passes = [_member_pass(classifier) for classifier in classifiers]
 
-    def analyse(crops: np.ndarray, calibrate: Calibration) -> dict[str, np.ndarray]:
+    def run(crops: np.ndarray, calibrate: Calibration) -> EnsembleOutput:
         x = crops[..., None].astype(np.float32)
         logits, features, cams, mc_logits = [], [], [], []
         for forward, mc_kernels, bias in passes:
@@ -67,10 +81,9 @@ def analyse_crops(classifiers: list):
         logit = np.mean(logits, axis=0)
         member_probs = calibrate(np.stack(logits, axis=1))
         mc_probs = calibrate(np.concatenate(mc_logits, axis=1))
-        return {"logit": logit, "probability": calibrate(logit),
-                "features": np.concatenate(features, axis=1),
-                "heatmap": np.mean(cams, axis=0).astype(np.float32),
-                "member_spread": member_probs.std(axis=1),
-                "mc_high": np.quantile(mc_probs, MC_QUANTILE, axis=1), "mc_spread": mc_probs.std(axis=1)}
+        return EnsembleOutput(logit=logit, probability=calibrate(logit), features=np.concatenate(features, axis=1),
+                              heatmap=np.mean(cams, axis=0).astype(np.float32),
+                              member_spread=member_probs.std(axis=1),
+                              mc_high=np.quantile(mc_probs, MC_QUANTILE, axis=1), mc_spread=mc_probs.std(axis=1))
 
-    return analyse
+    return run

@@ -6,7 +6,7 @@ Two signals, each scaled so that 1.0 is its limit, fitted on the training crops:
 - image statistics: robust z-scores of a few film, crop and lung-mask statistics (brightness,
   contrast, mask area and confidence, lungs darker than their surround, texture, saturation),
   each over its own limit; the largest counts.
-The score is the larger of the two; a film scoring >= 1 is `out_of_scope`.
+The score is the larger of the two; a film scoring >= 1 is flagged FlagReason.OUT_OF_SCOPE (models/flags.py).
 """
 import logging
 from dataclasses import dataclass
@@ -16,7 +16,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-OUT_OF_SCOPE = "out_of_scope"
 STATS = ("film_mean", "film_std", "crop_mean", "crop_std", "mask_area", "mask_confidence",
          "lung_contrast", "texture", "saturated")
 COMPONENTS = 64

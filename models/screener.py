@@ -1,22 +1,23 @@
 """The inference bundle the service uses: lung crop, classifier, calibrated probability and flags."""
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from models.calibration import Calibration
-from models.crop import CROP_FAILED, crop_batch, equalize, mask_to_box, resize_batch, squash
+from models.crop import CROP_FAILED, CropBox, crop_batch, equalize, mask_to_box, resize_batch, squash
 from models.flags import FlagPolicy, flag_reasons
-from models.inference import analyse_crops
+from models.inference import ensemble_pass
+from models.limits import MIN_SIDE
+from models.reasons import FlagReason
 from models.scope import STATS, ScopeModel, image_stats
 from models.segmenter import compiled, predict_masks
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 64
-MIN_SIDE = 32
 FILES = ("segmenter.keras", "segmenter.json", "classifier.json", "scope.npz")
 
 
@@ -27,13 +28,52 @@ class Finding:
     probability: float
     prediction: str
     threshold: float
-    flagged: bool
-    flag_reason: str | None
+    # Why a person should look at it, in FlagReason order; () for none.
+    reasons: tuple[FlagReason, ...]
     crop_box: tuple[float, float, float, float]
     crop: np.ndarray
     # Grad-CAM in [0, 1] over the lung crop (crop resolution, crop coordinates); see models/heatmap.py.
     heatmap: np.ndarray | None = None
     details: dict | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """True when any reason asks for review."""
+        return bool(self.reasons)
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """Every per-film output of Screener.run for N films: arrays (or a list, for boxes) of length N."""
+
+    logit: np.ndarray          # (N,) ensemble logit (mean of the members')
+    probability: np.ndarray    # (N,) calibrated probability
+    features: np.ndarray       # (N, D) the members' pooled features side by side
+    heatmap: np.ndarray | None  # (N, S, S) Grad-CAM over the crop; None after without_images()
+    member_spread: np.ndarray  # (N,) std of the members' probabilities
+    mc_high: np.ndarray        # (N,) high quantile over members x MC-dropout samples
+    mc_spread: np.ndarray      # (N,) std over members x MC-dropout samples
+    boxes: list[CropBox]
+    crops: np.ndarray | None   # (N, S, S) raw lung crops; None after without_images()
+    stats: np.ndarray          # (N, len(STATS)) image statistics
+    crop_failed: np.ndarray    # (N,) bool: the crop fell back to the fixed box
+    scope: dict[str, np.ndarray] | None = None  # ScopeModel.scores(); None without a gate
+
+    def __len__(self) -> int:
+        return len(self.probability)
+
+    def without_images(self) -> "BatchOutput":
+        """The same output without crops and heatmaps (~128 KB a film): for runs over thousands of films."""
+        return replace(self, crops=None, heatmap=None)
+
+    def take(self, index: np.ndarray) -> "BatchOutput":
+        """The outputs of the films at `index`."""
+        return BatchOutput(**{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+
+    @classmethod
+    def concat(cls, parts: list["BatchOutput"]) -> "BatchOutput":
+        """One output for consecutive batches."""
+        return cls(**{f.name: _concat([getattr(part, f.name) for part in parts]) for f in fields(cls)})
 
 
 class Screener:
@@ -51,7 +91,7 @@ class Screener:
         self.policy = FlagPolicy.from_meta(classifier_meta)
         self.scope = scope
         self._segment = compiled(segmenter)
-        self._analyse = analyse_crops(classifiers)
+        self._ensemble = ensemble_pass(classifiers)
 
     @classmethod
     def load(cls, weights_dir: Path, with_scope: bool = True) -> "Screener":
@@ -67,7 +107,7 @@ class Screener:
             raise FileNotFoundError(
                 f"model weights missing in {weights_dir}: {', '.join(missing)} "
                 "(train them with `pneumoscreen train-segmenter` and `pneumoscreen train`; "
-                "scope.npz comes from `python -m models.train --recalibrate`)")
+                "scope.npz comes from `python -m training --recalibrate`)")
         import keras
 
         segmenter = keras.models.load_model(weights_dir / "segmenter.keras", compile=False)
@@ -85,37 +125,35 @@ class Screener:
         findings: list[Finding] = []
         for start in range(0, len(checked), CHUNK):
             out = self.run(np.stack([squash(image) for image in checked[start:start + CHUNK]]))
-            findings += [self._finding(out, i) for i in range(len(out["probability"]))]
+            findings += [self._finding(out, i) for i in range(len(out))]
         return findings
 
-    def run(self, films: np.ndarray) -> dict[str, np.ndarray]:
-        """All per-film outputs for a (N, 224, 224) squashed batch, as arrays (calibration uses this too)."""
+    def run(self, films: np.ndarray) -> BatchOutput:
+        """All per-film outputs for a (N, 224, 224) squashed batch (recalibration uses this too)."""
         small = resize_batch(films, self.seg_size)
         masks = predict_masks(self._segment, small, self.seg_size, batch_size=len(films))
         boxes = [mask_to_box(mask) for mask in masks]
         crops = crop_batch(films, boxes, self.input_size)
-        out = self._analyse(equalize(crops), self.calibration)
-        out.update(boxes=boxes, crops=crops, stats=image_stats(small, masks, crops),
-                   crop_failed=np.array([b.failure == CROP_FAILED for b in boxes]))
-        if self.scope is not None:
-            out["scope"] = self.scope.scores(out["features"], out["stats"])
-        return out
+        ensemble = self._ensemble(equalize(crops), self.calibration)
+        stats = image_stats(small, masks, crops)
+        scope = self.scope.scores(ensemble.features, stats) if self.scope is not None else None
+        return BatchOutput(**vars(ensemble), boxes=boxes, crops=crops, stats=stats, scope=scope,
+                           crop_failed=np.array([b.failure == CROP_FAILED for b in boxes]))
 
-    def _finding(self, out: dict, i: int) -> Finding:
-        prob = float(out["probability"][i])
-        scope = {k: round(float(v[i]), 4) for k, v in out["scope"].items()} if "scope" in out else None
-        reasons = flag_reasons(self.policy, prob, self.threshold, float(out["mc_high"][i]),
-                               bool(out["crop_failed"][i]), out["stats"][i], scope)
-        details = {"scope": scope, "mc_high": round(float(out["mc_high"][i]), 4),
-                   "member_spread": round(float(out["member_spread"][i]), 4),
-                   "mc_spread": round(float(out["mc_spread"][i]), 4),
-                   "crop_contrast": round(float(out["stats"][i][STATS.index("crop_std")]), 4),
-                   "crop_saturated": round(float(out["stats"][i][STATS.index("saturated")]), 4),
+    def _finding(self, out: BatchOutput, i: int) -> Finding:
+        prob = float(out.probability[i])
+        scope = {k: round(float(v[i]), 4) for k, v in out.scope.items()} if out.scope is not None else None
+        reasons = flag_reasons(self.policy, prob, self.threshold, float(out.mc_high[i]), bool(out.crop_failed[i]),
+                               out.stats[i], scope)
+        details = {"scope": scope, "mc_high": round(float(out.mc_high[i]), 4),
+                   "member_spread": round(float(out.member_spread[i]), 4),
+                   "mc_spread": round(float(out.mc_spread[i]), 4),
+                   "crop_contrast": round(float(out.stats[i][STATS.index("crop_std")]), 4),
+                   "crop_saturated": round(float(out.stats[i][STATS.index("saturated")]), 4),
                    "heatmap": "Grad-CAM on the last conv block, lung-crop coordinates (crop_box on the film)"}
-        box = out["boxes"][i].box
         return Finding(probability=prob, prediction="PNEUMONIA" if prob >= self.threshold else "NORMAL",
-                       threshold=self.threshold, flagged=bool(reasons), flag_reason=",".join(reasons) or None,
-                       crop_box=box, crop=out["crops"][i], heatmap=out["heatmap"][i], details=details)
+                       threshold=self.threshold, reasons=tuple(reasons), crop_box=out.boxes[i].box,
+                       crop=out.crops[i], heatmap=out.heatmap[i], details=details)
 
 
 def member_files(classifier_meta: dict) -> list[str]:
@@ -141,3 +179,23 @@ def _checked(index: int, image) -> np.ndarray:
     if image.min() < -1e-3 or image.max() > 1 + 1e-3:
         raise ValueError(f"{where}: values span [{image.min():.3g}, {image.max():.3g}], expected [0, 1]")
     return np.clip(image, 0.0, 1.0)
+
+
+def _take(value, index: np.ndarray):
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {key: array[index] for key, array in value.items()}
+    if isinstance(value, list):
+        return [value[i] for i in index]
+    return value[index]
+
+
+def _concat(values: list):
+    if values[0] is None:
+        return None
+    if isinstance(values[0], dict):
+        return {key: np.concatenate([value[key] for value in values]) for key in values[0]}
+    if isinstance(values[0], list):
+        return [item for value in values for item in value]
+    return np.concatenate(values)

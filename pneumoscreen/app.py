@@ -1,29 +1,17 @@
 """The one factory: builds the Flask app (portal, API) and its Celery app for every entry point."""
 import logging
-from dataclasses import dataclass
 from typing import Mapping
 
 from celery import Celery, Task
 from flask import Flask
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
+from core.services import QUEUE, Services, attach
+from core.settings import Settings, local_secret
+from core.storage import Storage
 from db.session import make_engine, make_session_factory
-from pneumoscreen.settings import Settings
-from pneumoscreen.storage import Storage
+from web import init_web
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What request handlers and tasks share: settings, database, storage, queue."""
-
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    storage: Storage
-    celery: Celery
 
 
 def create_app(overrides: Mapping[str, object] | None = None, settings: Settings | None = None) -> Flask:
@@ -32,7 +20,7 @@ def create_app(overrides: Mapping[str, object] | None = None, settings: Settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Flask("pneumoscreen", template_folder="../web/templates", static_folder="../web/static")
     app.config.update(
-        SECRET_KEY=settings.secret_key,
+        SECRET_KEY=settings.secret_key or local_secret(settings.data_dir),
         MAX_CONTENT_LENGTH=settings.max_upload_mb * 1024 * 1024,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -40,12 +28,8 @@ def create_app(overrides: Mapping[str, object] | None = None, settings: Settings
         REMEMBER_COOKIE_SECURE=settings.secure_cookies,
     )
     engine = make_engine(settings.database_url)
-    app.extensions["pneumoscreen"] = Services(
-        settings=settings, engine=engine, sessions=make_session_factory(engine),
-        storage=Storage(settings.storage_dir), celery=_celery(app, settings))
-
-    from web import init_web
-
+    attach(app, Services(settings=settings, engine=engine, sessions=make_session_factory(engine),
+                         storage=Storage(settings.storage_dir), celery=_celery(app, settings)))
     init_web(app)
     return app
 
@@ -65,7 +49,7 @@ def _celery(app: Flask, settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        task_default_queue="screening",
+        task_default_queue=QUEUE,
         # A batch of 32 films takes seconds: a message unacknowledged for 15 minutes had its
         # worker die, and Redis hands it to another worker.
         broker_transport_options={"visibility_timeout": 900},

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import click
 
-from pneumoscreen.logs import configure as configure_logging
-from pneumoscreen.settings import PACKAGE_ROOT, ConfigError, Settings, log_format_from_env
+from core.logs import configure as configure_logging
+from core.services import QUEUE, services_of
+from core.settings import PACKAGE_ROOT, ConfigError, Settings, log_format_from_env
 
 logger = logging.getLogger(__name__)
 SHARED_DATA = PACKAGE_ROOT.parent / "shared" / "data"
@@ -23,6 +24,22 @@ def _settings() -> Settings:
         return Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(f"bad setting: {exc}") from None
+
+
+def _ready_database(settings: Settings) -> None:
+    """The embedded SQLite database is created or migrated on first use; PostgreSQL must be migrated first."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.migrate import is_current, upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if settings.database_url.startswith("sqlite"):
+            upgrade(settings.database_url)
+        elif not is_current(settings.database_url):
+            raise click.ClickException("the database is not at the newest schema: run `pneumoscreen db upgrade`")
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot use the database ({type(exc).__name__}); check DATABASE_URL") from None
 
 
 @click.group()
@@ -67,8 +84,10 @@ def users_create(name: str, role: str, password_stdin: bool, department: str | N
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     if password_stdin and len(password) < 8:
         raise click.ClickException("password must be at least 8 characters")
+    settings = _settings()
+    _ready_database(settings)
     try:
-        token = _create_user(_settings(), name, role, password, department)
+        token = _create_user(settings, name, role, password, department)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created {role} {name!r}; API token (shown once, keep it safe):\n{token}")
@@ -97,7 +116,9 @@ def web(host: str, port: int) -> None:
 
     from pneumoscreen.app import create_app
 
-    app = create_app(settings=_settings())
+    settings = _settings()
+    _ready_database(settings)
+    app = create_app(settings=settings)
     click.echo(f"portal on http://{host}:{port}/")
     serve(app, host=host, port=port, threads=8, max_request_body_size=app.config["MAX_CONTENT_LENGTH"])
 
@@ -106,9 +127,12 @@ def web(host: str, port: int) -> None:
 def worker() -> None:
     """Run a Celery worker that screens queued studies."""
     settings = _settings()
-    from worker.app import celery_app
+    _ready_database(settings)
+    from pneumoscreen.celery_app import (
+        celery_app,  # builds the app from the environment
+    )
 
-    celery_app.worker_main(["worker", "--loglevel=INFO", "-Q", "screening",
+    celery_app.worker_main(["worker", "--loglevel=INFO", "-Q", QUEUE,
                             "--pool", settings.worker_pool,
                             "--concurrency", str(settings.worker_concurrency)])
 
@@ -124,10 +148,12 @@ def dicom_listen(host: str, port: int, ae_title: str, quiet_seconds: int | None)
     from pneumoscreen.app import create_app
     from pneumoscreen.dicom_listen import Listener
 
-    app = create_app(settings=_settings())
+    settings = _settings()
+    _ready_database(settings)
+    app = create_app(settings=settings)
     click.echo(f"DICOM listener {ae_title} on {host}:{port}; Ctrl-C stops it")
     try:
-        Listener(app.extensions["pneumoscreen"], ae_title, port, host, quiet_seconds).start()
+        Listener(services_of(app), ae_title, port, host, quiet_seconds).start()
     except KeyboardInterrupt:
         pass
 
@@ -141,7 +167,7 @@ def up(host: str, port: int) -> None:
     from db.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url)
+    upgrade(settings.database_url)  # PostgreSQL too: `up` is the one-command start
     _first_admin(settings)
     command = [sys.executable, "-m", "pneumoscreen"]
     children = [subprocess.Popen(command + ["web", "--host", host, "--port", str(port)]),
@@ -206,7 +232,7 @@ def evaluate(data: Path, as_json: bool) -> None:
     """Screen DATA/NORMAL and DATA/PNEUMONIA; print AUC, accuracy, sensitivity, specificity and flag shares."""
     import json
 
-    from models.evaluate import evaluate_folder, format_report
+    from training.evaluate import evaluate_folder, format_report
     from models.screener import Screener
 
     try:
@@ -224,7 +250,7 @@ def evaluate(data: Path, as_json: bool) -> None:
 @click.option("--epochs", default=6, show_default=True, type=int)
 def train_segmenter(data: Path, out: Path | None, epochs: int) -> None:
     """Train the lung segmenter on image/mask pairs."""
-    from models.segmenter import train_segmenter as train
+    from training.segmenter import train_segmenter as train
 
     click.echo(train(data, out or _settings().weights_dir, epochs=epochs))
 
@@ -238,11 +264,11 @@ def train_segmenter(data: Path, out: Path | None, epochs: int) -> None:
 @click.option("--member", default=0, show_default=True, type=click.IntRange(min=0),
               help="Ensemble member to train: 0 starts a new ensemble, N > 0 adds member N.")
 def train(data: Path, out: Path | None, epochs: int, member: int) -> None:
-    """Train one pneumonia classifier (ensemble member) on lung crops (needs the segmenter in --out)."""
-    from models.classifier import train_classifier
+    """Train one classifier (ensemble member) on lung crops, then recalibrate the ensemble (needs the segmenter in --out)."""
+    from training.commands import train_member
 
     out = out or _settings().weights_dir
     try:
-        click.echo(train_classifier(data, out, out / "segmenter.keras", epochs=epochs, member=member))
+        click.echo(train_member(data, out, out / "segmenter.keras", epochs=epochs, member=member))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

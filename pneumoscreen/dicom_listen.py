@@ -1,7 +1,7 @@
 """DICOM network receive: a C-ECHO / C-STORE SCP that gathers instances by study and queues each study.
 
 A study counts as complete when no instance of it has arrived for `quiet_s` seconds; it then
-becomes one batch through the same intake as uploads (worker.intake.submit_batch).
+becomes one batch through the same intake as uploads (studies.intake.submit_batch).
 Patient name and id are never logged: only UIDs and the calling AE title.
 """
 import logging
@@ -13,9 +13,11 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
+from core.services import Services
+from db.accounts import create_user
 from db.models import User
-from pneumoscreen.inputs import Item, expand
-from worker.intake import submit_batch
+from studies.files import Item, expand
+from studies.intake import submit_batch
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class _Pending:
 class Listener:
     """The SCP and the quiet-time flusher; `start(block=False)` for tests, `start()` for the CLI."""
 
-    def __init__(self, services, ae_title: str = "PNEUMOSCREEN", port: int = 11112, host: str = "0.0.0.0",
+    def __init__(self, services: Services, ae_title: str = "PNEUMOSCREEN", port: int = 11112, host: str = "0.0.0.0",
                  quiet_s: float | None = None):
         self.services, self.address = services, (host, port)
         self.quiet_s = services.settings.dicom_quiet_s if quiet_s is None else quiet_s
@@ -80,7 +82,7 @@ class Listener:
         if item.error:
             logger.info("C-STORE %s refused: %s", sop_uid, item.error)
             return NOT_SUPPORTED
-        study_uid = (item.meta or {}).get("study_instance_uid") or sop_uid
+        study_uid = (item.meta.study_instance_uid if item.meta else None) or sop_uid
         with self.lock:
             pending = self.pending.setdefault(study_uid, _Pending(calling=event.assoc.requestor.ae_title))
             pending.items.append(item)
@@ -109,10 +111,8 @@ class Listener:
         return batch_ids
 
 
-def listener_user(services) -> int:
+def listener_user(services: Services) -> int:
     """The account batches received over DICOM belong to (an uploader without a password)."""
-    from db.accounts import create_user
-
     with services.sessions.begin() as session:
         user_id = session.scalar(select(User.id).where(User.username == LISTENER_USER))
         if user_id is None:

@@ -5,10 +5,11 @@ import sys
 import time
 from pathlib import Path
 
-from pneumoscreen.inputs import walk
-from pneumoscreen.settings import Settings
-from worker.dicom_intake import OUT_OF_SCOPE, header_in_scope, is_frontal
-from worker.pipeline import analyse, load_screener
+from core.csvcells import safe_cell
+from core.settings import Settings
+from studies.files import Item, walk
+from studies.scope import OUT_OF_SCOPE, in_scope
+from worker.pipeline import Outcome, load_screener, screen_files
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[s
     items, counts, started = walk(paths), {"done": 0, "error": 0}, time.perf_counter()
     while chunk := list(itertools.islice(items, settings.batch_size)):
         readable = [item for item in chunk if item.error is None]
-        outcomes = iter(analyse(screener, [item.data for item in readable]))
+        outcomes = iter(screen_files(screener, [item.data for item in readable]))
         for item in chunk:
             outcome = next(outcomes) if item.error is None else None
             row = _row(item, outcome)
@@ -35,15 +36,15 @@ def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[s
             f"{counts['done']} done, {counts['error']} error; model {screener.name} {screener.version}")
 
 
-def _row(item, outcome) -> list:
+def _row(item: Item, outcome: Outcome | None) -> list[str]:
     error = item.error if outcome is None else outcome.error
     if error is not None:
-        return [item.name, "error", "", "", "", "", error]
+        return [safe_cell(item.name), "error", "", "", "", "", safe_cell(error)]
     finding = outcome.finding
-    flag_reason = finding.flag_reason if finding.flagged else None
-    if item.meta and not (header_in_scope(item.meta["modality"], item.meta["patient_age"])
-                          and is_frontal(item.meta["view_position"])):
+    reasons = [str(reason) for reason in finding.reasons]
+    meta = item.meta
+    if meta is not None and not in_scope(meta.modality, meta.patient_age, meta.view_position):
         # As in the worker, but file by file: no grouping into DICOM studies here.
-        flag_reason = OUT_OF_SCOPE
-    return [item.name, "done", f"{finding.probability:.4f}", finding.prediction,
-            str(flag_reason is not None).lower(), flag_reason or "", ""]
+        reasons = [OUT_OF_SCOPE]
+    return [safe_cell(item.name), "done", f"{finding.probability:.4f}", finding.prediction,
+            str(bool(reasons)).lower(), ",".join(reasons), ""]

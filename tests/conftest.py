@@ -1,54 +1,26 @@
-"""Shared fixtures: real PostgreSQL and Redis as CI runs them, SQLite for the embedded default."""
-import io
+"""Shared fixtures: real PostgreSQL and Redis as CI runs them, SQLite for the embedded default.
+
+Plain helpers (made films, the stub screener, login, free ports) live in tests/helpers.py.
+"""
 import os
 import uuid
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import psycopg
 import pytest
-from PIL import Image
 
+from core.services import services_of
+from core.settings import Settings
 from db.migrate import upgrade
-from pneumoscreen.settings import Settings
+from tests.helpers import StubScreener
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def data_dir(*parts: str) -> Path:
-    """A folder of ../shared/data, or skip the test with the reason."""
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path}")
-    return path
-
-
-def sample_films(label: str, count: int) -> list[Path]:
-    return sorted(data_dir("kermany-train", label).glob("*.jpeg"))[:count]
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """An untrained tiny segmenter + classifier: real Keras models, fast to load."""
-    from models.testing import build_tiny_bundle
+    from tests.models.bundle import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny-weights"))
 
@@ -103,7 +75,7 @@ def app(settings):
     app = create_app(settings=settings)
     app.config.update(TESTING=True)
     yield app
-    app.extensions["pneumoscreen"].engine.dispose()
+    services_of(app).engine.dispose()
 
 
 @pytest.fixture
@@ -112,11 +84,17 @@ def users(app) -> dict[str, str]:
     from db.accounts import create_user, issue_token
 
     tokens = {}
-    with app.extensions["pneumoscreen"].sessions.begin() as session:
+    with services_of(app).sessions.begin() as session:
         for role in ("uploader", "reviewer", "admin"):
             tokens[role] = issue_token(session, create_user(session, role, role, f"{role}-password"))
     return tokens
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+@pytest.fixture
+def stub_screener(monkeypatch) -> StubScreener:
+    """A StubScreener, also what worker.pipeline.load_screener hands out (the Celery task's path)."""
+    from worker import pipeline
+
+    stub = StubScreener()
+    monkeypatch.setattr(pipeline, "load_screener", lambda weights_dir: stub)
+    return stub

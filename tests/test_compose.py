@@ -1,10 +1,11 @@
 """docker-compose.yml cannot run here (no Docker engine): check what parsing can."""
 import re
+import tomllib
 
 import yaml
 
 from pneumoscreen.cli import main
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -45,11 +46,17 @@ def test_commands_exist_in_the_cli_and_services_wait_for_migrations():
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
-def test_dockerfile_installs_the_project_with_optional_extras():
+def test_dockerfile_installs_dependencies_before_the_code_and_the_code_once():
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert re.search(r'pip install "\.\$\{EXTRAS:\+\[\$EXTRAS\]\}"', dockerfile)
-    for folder in ("pneumoscreen", "web", "worker", "db", "models"):
-        assert f"COPY {folder} {folder}" in dockerfile
+    dependencies = dockerfile.index("pip install -r requirements.txt")
+    project = dockerfile.index("pip install --no-deps /src")
+    # Only pyproject.toml is copied before the dependencies, and no source folder is copied at all.
+    assert re.findall(r"^COPY (.+)$", dockerfile, re.M) == ["pyproject.toml ./"]
+    assert dependencies < project and "--mount=type=bind,source=.,target=/src" in dockerfile
+    assert "optional-dependencies" in dockerfile and '"$EXTRAS"' in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().split()
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert not {name.rstrip("*") for name in packages["include"]} & set(ignored)
 
 
 def test_flower_watches_the_same_broker_and_dicom_listener_runs_the_cli():

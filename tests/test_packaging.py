@@ -3,7 +3,7 @@ import subprocess
 import sys
 import zipfile
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_wheel_contains_everything_the_service_loads(tmp_path):

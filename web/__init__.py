@@ -3,42 +3,30 @@ import logging
 import re
 import uuid
 
-from flask import Flask, current_app, g, jsonify, request
-from flask_wtf.csrf import CSRFProtect
+from flask import Flask, g, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
-from pneumoscreen.logs import bind, unbind
+from core.logs import bind, unbind
+from core.services import current_services
+from web import admin, api, auth, batches, dicomweb, exports, fhir, metrics, review
+from web.context import close_db_session, csrf, drop_db_session
 
 logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-csrf = CSRFProtect()
-
-
-def services():
-    return current_app.extensions["pneumoscreen"]
-
-
-def db() -> Session:
-    """The request's database session, opened on first use and closed when the request ends."""
-    if "db" not in g:
-        g.db = services().sessions()
-    return g.db
 
 
 def init_web(app: Flask) -> None:
-    from web import admin, api, auth, dicomweb, exports, fhir, intake, metrics, review
-
+    """Register the blueprints, login, CSRF, request ids, error pages and the health check on `app`."""
     csrf.init_app(app)
     auth.login_manager.init_app(app)
-    for blueprint in (auth, intake, review, api, admin, metrics, exports, fhir, dicomweb):
+    for blueprint in (auth, batches, review, api, admin, metrics, exports, fhir, dicomweb):
         app.register_blueprint(blueprint.bp)
     csrf.exempt(dicomweb.bp)  # bearer tokens only: no cookie session can post there
     csrf.exempt(api.bp)
     app.before_request(_bind_request_id)
     app.after_request(_send_request_id)
-    app.teardown_appcontext(_close_db)
+    app.teardown_appcontext(_end_request)
     app.register_error_handler(413, _too_large)
     app.register_error_handler(500, _server_error)
     app.register_error_handler(OperationalError, _database_down)
@@ -57,14 +45,10 @@ def _send_request_id(response):
     return response
 
 
-def _close_db(exc: BaseException | None) -> None:
+def _end_request(exc: BaseException | None) -> None:
     if "log_token" in g:
         unbind(g.pop("log_token"))
-    session = g.pop("db", None)
-    if session is not None:
-        if exc is not None:
-            session.rollback()
-        session.close()
+    close_db_session(exc)
 
 
 def _wants_json() -> bool:
@@ -72,7 +56,7 @@ def _wants_json() -> bool:
 
 
 def _too_large(_error):
-    limit = services().settings.max_upload_mb
+    limit = current_services().settings.max_upload_mb
     message = f"request is larger than the {limit} MB upload limit: split it into smaller batches"
     if _wants_json():
         return jsonify(error=message), 413
@@ -80,7 +64,7 @@ def _too_large(_error):
 
 
 def _server_error(_error):
-    session = g.get("db")
+    session = g.get("db_session")
     if session is not None:
         session.rollback()
     if _wants_json():
@@ -91,7 +75,7 @@ def _server_error(_error):
 def _database_down(error):
     """The database is unreachable (restarting, failing over): 503, so clients retry; nothing half-done."""
     logger.warning("database unavailable: %s", type(error.orig).__name__ if error.orig else error)
-    session = g.pop("db", None)
+    session = drop_db_session()
     if session is not None:
         session.invalidate()
     message = "the database is unavailable; retry in a minute"
@@ -109,7 +93,7 @@ def healthz():
 
 def _check_database() -> str:
     try:
-        with services().engine.connect() as connection:
+        with current_services().engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         return "ok"
     except Exception as exc:  # any failure here means "not healthy", with the reason
@@ -119,7 +103,7 @@ def _check_database() -> str:
 
 def _check_broker() -> str:
     try:
-        with services().celery.connection_for_write() as connection:
+        with current_services().celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
         return "ok"
     except Exception as exc:

@@ -1,9 +1,16 @@
 """Admin pages: users and departments, API tokens (issue, revoke), the audit trail and its CSV export."""
-import csv
-import io
 import logging
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
@@ -11,11 +18,18 @@ from sqlalchemy.orm import selectinload
 from wtforms import PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
-from db.accounts import create_user, ensure_department, issue_token, revoke_token, set_active
+from core.csvcells import csv_text
+from db.accounts import (
+    create_user,
+    ensure_department,
+    issue_token,
+    revoke_token,
+    set_active,
+)
 from db.models import ROLES, ApiToken, AuditEvent, Department, User
 from db.session import audit
-from web import db
 from web.auth import roles_required
+from web.context import db_session
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -51,18 +65,18 @@ def users():
     form = UserForm()
     if form.validate_on_submit():
         try:
-            department = ensure_department(db(), form.department.data, current_user.id) if form.department.data else None
-            create_user(db(), form.username.data, form.role.data, form.password.data or None,
+            department = ensure_department(db_session(), form.department.data, current_user.id) if form.department.data else None
+            create_user(db_session(), form.username.data, form.role.data, form.password.data or None,
                         actor_id=current_user.id, department_id=department.id if department else None)
         except ValueError as exc:
-            db().rollback()
+            db_session().rollback()
             flash(str(exc), "error")
         else:
-            db().commit()
+            db_session().commit()
             flash(f"User {form.username.data} created.", "info")
             return redirect(url_for("admin.users"))
-    rows = db().scalars(select(User).order_by(User.username)).all()
-    departments = {d.id: d.name for d in db().scalars(select(Department))}
+    rows = db_session().scalars(select(User).order_by(User.username)).all()
+    departments = {d.id: d.name for d in db_session().scalars(select(Department))}
     return render_template("admin_users.html", form=form, users=rows, departments=departments,
                            action=ActionForm()), 400 if form.errors else 200
 
@@ -70,14 +84,14 @@ def users():
 @bp.post("/users/<int:user_id>/active")
 @roles_required("admin")
 def toggle_active(user_id: int):
-    user = db().get(User, user_id)
+    user = db_session().get(User, user_id)
     if user is None or not ActionForm().validate_on_submit():
         abort(404 if user is None else 400)
     if user.id == current_user.id:
         flash("You cannot disable your own account.", "error")
     else:
-        set_active(db(), user, not user.active, current_user.id)
-        db().commit()
+        set_active(db_session(), user, not user.active, current_user.id)
+        db_session().commit()
     return redirect(url_for("admin.users"))
 
 
@@ -85,13 +99,13 @@ def toggle_active(user_id: int):
 @roles_required("admin")
 def tokens():
     form = TokenForm()
-    form.user_id.choices = [(u.id, u.username) for u in db().scalars(select(User).order_by(User.username))]
+    form.user_id.choices = [(u.id, u.username) for u in db_session().scalars(select(User).order_by(User.username))]
     issued = None
     if form.validate_on_submit():
-        user = db().get(User, form.user_id.data)
-        issued = issue_token(db(), user, form.name.data, actor_id=current_user.id)
-        db().commit()
-    rows = db().scalars(select(ApiToken).options(selectinload(ApiToken.user)).order_by(ApiToken.id.desc())).all()
+        user = db_session().get(User, form.user_id.data)
+        issued = issue_token(db_session(), user, form.name.data, actor_id=current_user.id)
+        db_session().commit()
+    rows = db_session().scalars(select(ApiToken).options(selectinload(ApiToken.user)).order_by(ApiToken.id.desc())).all()
     return render_template("admin_tokens.html", form=form, tokens=rows, issued=issued, action=ActionForm())
 
 
@@ -101,10 +115,10 @@ def revoke(token_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     try:
-        revoke_token(db(), token_id, current_user.id)
+        revoke_token(db_session(), token_id, current_user.id)
     except LookupError:
         abort(404)
-    db().commit()
+    db_session().commit()
     flash(f"Token {token_id} revoked.", "info")
     return redirect(url_for("admin.tokens"))
 
@@ -113,7 +127,7 @@ def revoke(token_id: int):
 @roles_required("admin")
 def audit_trail():
     action = request.args.get("action", "").strip()
-    rows = db().execute(_audit_query(action).limit(AUDIT_PAGE)).all()
+    rows = db_session().execute(_audit_query(action).limit(AUDIT_PAGE)).all()
     return render_template("admin_audit.html", rows=rows, action=action, limit=AUDIT_PAGE)
 
 
@@ -121,16 +135,11 @@ def audit_trail():
 @roles_required("admin")
 def audit_csv():
     action = request.args.get("action", "").strip()
-    audit(db(), current_user.id, "audit.export", "audit_log", None, filter=action)
-    db().commit()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_FIELDS)
-    for event, actor in db().execute(_audit_query(action)):
-        writer.writerow([_cell(value) for value in (
-            event.id, event.at.isoformat(), event.actor_id, actor or "", event.action,
-            event.object_type, event.object_id, event.detail)])
-    return Response(buffer.getvalue(), mimetype="text/csv",
+    audit(db_session(), current_user.id, "audit.export", "audit_log", None, filter=action)
+    db_session().commit()
+    rows = ((event.id, event.at.isoformat(), event.actor_id, actor or "", event.action, event.object_type,
+             event.object_id, event.detail) for event, actor in db_session().execute(_audit_query(action)))
+    return Response(csv_text(CSV_FIELDS, rows), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=audit.csv"})
 
 
@@ -139,8 +148,3 @@ def _audit_query(action: str):
              .order_by(AuditEvent.id.desc()))
     return query.where(AuditEvent.action.startswith(action, autoescape=True)) if action else query
 
-
-def _cell(value: object) -> str:
-    """A CSV cell a spreadsheet will not run as a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -4,12 +4,12 @@ import logging
 from flask import Blueprint, jsonify, request
 from flask_login import current_user
 
-from pneumoscreen.inputs import expand
-from web import csrf, db, services
+from core.services import current_services
+from studies.intake import submit_uploads
+from studies.reviews import record_decision
 from web.auth import roles_required
+from web.context import csrf, db_session
 from web.queries import batch_json, review_queue, visible_batch, visible_study
-from web.reviews import record_decision
-from worker.intake import submit_batch
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -32,21 +32,20 @@ def create_batch():
     files = request.files.getlist("files")
     if not files:
         return _error("no files: send them as multipart form field 'files'", 400)
-    items = [item for upload in files for item in expand(upload.filename or "unnamed", upload.read())]
-    batch, rejected = submit_batch(services(), items, current_user.id, "api")
+    batch, rejected, accepted = submit_uploads(
+        current_services(), [(f.filename or "unnamed", f.read()) for f in files], current_user.id, "api")
     if batch is None:
         return jsonify(id=None, status="rejected", total=0, rejected=rejected), 422
-    total = len(items) - len(rejected)
-    return jsonify(id=batch.id, status="queued", total=total, rejected=rejected), 202
+    return jsonify(id=batch.id, status="queued", total=accepted, rejected=rejected), 202
 
 
 @bp.get("/batches/<int:batch_id>")
 @roles_required("uploader", "reviewer", "admin")
 def get_batch(batch_id: int):
-    batch = visible_batch(db(), batch_id)
+    batch = visible_batch(db_session(), batch_id)
     if batch is None:
         return _error("no such batch", 404)
-    return jsonify(batch_json(db(), batch))
+    return jsonify(batch_json(db_session(), batch))
 
 
 @bp.get("/review")
@@ -55,24 +54,24 @@ def get_review_queue():
     return jsonify(items=[
         {"study_id": study.id, "batch_id": study.batch_id, "filename": study.filename,
          "probability": round(prediction.probability, 4), "prediction": prediction.prediction,
-         "flag_reason": flag.reason, "flagged_at": flag.created_at.isoformat()}
-        for flag, study, prediction in review_queue(db())])
+         "flag_reasons": flag.reasons, "flagged_at": flag.created_at.isoformat()}
+        for flag, study, prediction in review_queue(db_session())])
 
 
 @bp.post("/studies/<int:study_id>/review")
 @roles_required("reviewer", "admin")
 def post_review(study_id: int):
-    study = visible_study(db(), study_id)
+    study = visible_study(db_session(), study_id)
     if study is None:
         return _error("no such study", 404)
     body = request.get_json(silent=True) or {}
     try:
-        review = record_decision(db(), study, current_user.id, str(body.get("decision", "")),
+        review = record_decision(db_session(), study, current_user.id, str(body.get("decision", "")),
                                  str(body.get("note", "")))
     except LookupError as exc:
         return _error(str(exc), 409)
     except ValueError as exc:
         return _error(str(exc), 400)
-    db().commit()
+    db_session().commit()
     return jsonify(study_id=study.id, decision=review.decision, note=review.note,
                    reviewer=current_user.username, at=review.created_at.isoformat()), 201

@@ -3,15 +3,37 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
-from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import (
+    LoginManager,
+    UserMixin,
+    current_user,
+    login_required,
+    login_user,
+    logout_user,
+)
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
-from db.accounts import check_password, login_window, recent_login_failures, user_for_token
+from db.accounts import (
+    check_password,
+    login_window,
+    recent_login_failures,
+    user_for_token,
+)
 from db.models import User
 from db.session import audit
+from web.context import db_session
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
@@ -39,25 +61,21 @@ class CurrentUser(UserMixin):
 
 @login_manager.user_loader
 def _load_user(user_id: str) -> CurrentUser | None:
-    from web import db
-
     if request.headers.get("Authorization", "").startswith("Bearer "):
         return None  # an explicit token speaks for the request, not a session cookie riding along
-    user = db().get(User, int(user_id))
+    user = db_session().get(User, int(user_id))
     return CurrentUser.of(user) if user is not None and user.active else None
 
 
 @login_manager.request_loader
 def _load_from_token(req) -> CurrentUser | None:
-    from web import db
-
     header = req.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         return None
-    user = user_for_token(db(), header[len("Bearer "):].strip())
+    user = user_for_token(db_session(), header[len("Bearer "):].strip())
     if user is None:
         return None
-    db().commit()  # keeps the token's last-used time
+    db_session().commit()  # keeps the token's last-used time
     return CurrentUser.of(user)
 
 
@@ -90,8 +108,6 @@ class LoginForm(FlaskForm):
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    from web import db
-
     form = LoginForm()
     if form.validate_on_submit():
         username, address = form.username.data[:80], request.remote_addr
@@ -100,33 +116,29 @@ def login():
             message = f"Too many failed logins: wait {LOGIN_WINDOW_MINUTES} minutes and try again."
             flash(message, "error")
             return render_template("login.html", form=form), 429
-        user = check_password(db(), username, form.password.data)
+        user = check_password(db_session(), username, form.password.data)
         if user is not None:
             login_user(CurrentUser.of(user))
-            audit(db(), user.id, "user.login", "user", user.id, address=address)
-            db().commit()
+            audit(db_session(), user.id, "user.login", "user", user.id, address=address)
+            db_session().commit()
             target = request.args.get("next", "")
             # Only local paths: never bounce a fresh login to another site.
             return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
-        audit(db(), None, "user.login_failed", "user", None, username=username, address=address)
-        db().commit()
+        audit(db_session(), None, "user.login_failed", "user", None, username=username, address=address)
+        db_session().commit()
         flash("Wrong username or password.", "error")
     return render_template("login.html", form=form), 200 if request.method == "GET" else 401
 
 
 def _throttled(username: str, address: str | None) -> bool:
-    from web import db
-
-    by_name, by_address = recent_login_failures(db(), username, address, login_window(LOGIN_WINDOW_MINUTES))
+    by_name, by_address = recent_login_failures(db_session(), username, address, login_window(LOGIN_WINDOW_MINUTES))
     return by_name >= MAX_FAILURES_PER_USERNAME or by_address >= MAX_FAILURES_PER_ADDRESS
 
 
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
-    from web import db
-
-    audit(db(), current_user.id, "user.logout", "user", current_user.id)
-    db().commit()
+    audit(db_session(), current_user.id, "user.logout", "user", current_user.id)
+    db_session().commit()
     logout_user()
     return redirect(url_for("auth.login"))

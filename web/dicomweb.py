@@ -5,11 +5,11 @@ import re
 from flask import Blueprint, Response, jsonify, request, url_for
 from flask_login import current_user
 
+from core.services import current_services
 from models.dicom import read_dataset
 from models.imaging import ImageDecodeError
-from pneumoscreen.inputs import expand
-from web import services
-from worker.intake import submit_batch
+from studies.files import expand
+from studies.intake import submit_batch
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -57,7 +57,7 @@ def store_instances():
             items.append(item)
     batch = None
     if items:
-        batch, _ = submit_batch(services(), items, current_user.id, "dicomweb")
+        batch, _ = submit_batch(current_services(), items, current_user.id, "dicomweb")
     for uids, _, reason in failed:
         logger.info("STOW-RS instance %s refused: %s", uids[1], reason)
     status = 200 if not failed else 202 if stored else 409

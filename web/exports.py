@@ -1,13 +1,12 @@
 """Results out as CSV: one row per study of a batch, with the DICOM study it belongs to."""
-import csv
-import io
 import logging
 
 from flask import Blueprint, Response, jsonify
 
+from core.csvcells import csv_text
 from db.models import Study
-from web import db
 from web.auth import roles_required
+from web.context import db_session
 from web.queries import batch_studies, visible_batch
 
 logger = logging.getLogger(__name__)
@@ -21,26 +20,21 @@ COLUMNS = ["study_id", "filename", "status", "probability", "prediction", "thres
 @bp.get("/batches/<int:batch_id>.csv")
 @roles_required("uploader", "reviewer", "admin")
 def batch_csv(batch_id: int):
-    batch = visible_batch(db(), batch_id)
+    batch = visible_batch(db_session(), batch_id)
     if batch is None:
         return jsonify(error="no such batch"), 404
-    studies = batch_studies(db(), batch.id)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
-    writer.writerows(csv_row(study) for study in studies)
-    return Response(buffer.getvalue(), mimetype="text/csv", headers={
+    studies = batch_studies(db_session(), batch.id)
+    return Response(csv_text(COLUMNS, (csv_row(study) for study in studies)), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="batch-{batch.id}.csv"'})
 
 
 def csv_row(study: Study) -> list:
-    """One study as CSV cells; spreadsheet formulas in file names are defused."""
+    """One study's CSV cells (csv_text defuses formulas)."""
     prediction, flag = study.prediction, study.flag
     latest = flag.latest if flag else None
-    filename = "'" + study.filename if study.filename[:1] in ("=", "+", "-", "@") else study.filename
-    return [study.id, filename, study.status,
+    return [study.id, study.filename, study.status,
             f"{prediction.probability:.4f}" if prediction else "", prediction.prediction if prediction else "",
-            prediction.threshold if prediction else "", int(flag is not None), flag.reason if flag else "",
+            prediction.threshold if prediction else "", int(flag is not None), ",".join(flag.reasons) if flag else "",
             flag.status if flag else "", latest.decision if latest else "",
             prediction.model_version if prediction else "", study.study_instance_uid or "",
             study.sop_instance_uid or "", study.modality or "", study.view_position or "", study.error or ""]

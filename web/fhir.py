@@ -1,15 +1,15 @@
 """FHIR R4 out: a study's result as a DiagnosticReport with Observations (probability, call, review)."""
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 
 from flask import Blueprint, jsonify
 from sqlalchemy.orm import Session
 
-from db.models import Study
-from web import db
+from db.models import FlagStatus, Study, StudyStatus, as_utc
+from studies.results import study_result
 from web.auth import roles_required
+from web.context import db_session
 from web.queries import visible_study
-from worker.dicom_intake import study_result
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("fhir", __name__, url_prefix="/api/v1")
@@ -18,23 +18,23 @@ SYSTEM = "urn:pneumoscreen"  # our own codes: there is no LOINC code for a model
 SNOMED = "http://snomed.info/sct"
 CALLS = {"PNEUMONIA": (SNOMED, "233604007", "Pneumonia"), "NORMAL": (SNOMED, "17621005", "Normal")}
 # registered: not read yet; preliminary: waiting for a reviewer; final: nothing to review or reviewed.
-STATUS = {"queued": "registered", "running": "registered", "error": "cancelled"}
+STATUS = {StudyStatus.QUEUED: "registered", StudyStatus.RUNNING: "registered", StudyStatus.ERROR: "cancelled"}
 
 
 @bp.get("/studies/<int:study_id>/fhir")
 @roles_required("uploader", "reviewer", "admin")
 def study_fhir(study_id: int):
-    study = visible_study(db(), study_id)
+    study = visible_study(db_session(), study_id)
     if study is None:
         return jsonify(error="no such study"), 404
-    response = jsonify(diagnostic_report(db(), study))
+    response = jsonify(diagnostic_report(db_session(), study))
     response.mimetype = "application/fhir+json"
     return response
 
 
 def _when(moment: datetime) -> str:
-    """FHIR instants need a zone; SQLite hands back naive UTC times."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+    """FHIR instants need a zone."""
+    return as_utc(moment).isoformat()
 
 
 def _concept(text: str, system: str | None = None, code: str | None = None, display: str | None = None) -> dict:
@@ -55,7 +55,7 @@ def diagnostic_report(session: Session, study: Study) -> dict:
     result = study_result(session, study) if study.study_instance_uid else None
     device = f"pneumoscreen {prediction.model_name} {prediction.model_version}" if prediction else "pneumoscreen"
     status = STATUS.get(study.status, "final")
-    if status == "final" and flag is not None and flag.status == "open":
+    if status == "final" and flag is not None and flag.status == FlagStatus.OPEN:
         status = "preliminary"
     contained, conclusion = [], []
     if prediction is not None:
@@ -79,9 +79,9 @@ def diagnostic_report(session: Session, study: Study) -> dict:
         conclusion.append(f"Study call {result['prediction']} from frontal image {result['decided_by']}.")
     if flag is not None:
         contained.append(_review_observation(flag, device))
-        conclusion.append(f"Flagged for review ({flag.reason}): " + (
+        conclusion.append(f"Flagged for review ({', '.join(flag.reasons)}): " + (
             f"reviewer decision {flag.latest.decision}." if flag.latest else "awaiting a reviewer."))
-    if study.status == "error":
+    if study.status == StudyStatus.ERROR:
         conclusion.append(f"Could not be read: {study.error}")
     report = {
         "resourceType": "DiagnosticReport", "id": f"study-{study.id}", "status": status,
@@ -109,7 +109,7 @@ def _review_observation(flag, device: str) -> dict:
     if latest is None:
         return _observation("review", "registered", _concept("Radiologist review of a flagged call", SYSTEM,
                                                              "review"), device,
-                            valueString=f"awaiting review (flagged: {flag.reason})")
+                            valueString=f"awaiting review (flagged: {', '.join(flag.reasons)})")
     observation = _observation("review", "final", _concept("Radiologist review of a flagged call", SYSTEM,
                                                            "review"), device,
                                valueCodeableConcept=_concept(latest.decision, SYSTEM, f"review-{latest.decision}"),

@@ -1,14 +1,24 @@
 """Prometheus /metrics, derived from the database at scrape time: right however many web and worker processes run."""
 import logging
-from datetime import timedelta, timezone
+from collections import Counter
+from datetime import timedelta
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
-from db.models import STUDY_STATUSES, Prediction, ReviewFlag, Study, utcnow
-from web import services
+from core.services import current_services
+from db.models import (
+    FINISHED,
+    UNFINISHED,
+    Prediction,
+    ReviewFlag,
+    Study,
+    StudyStatus,
+    as_utc,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -22,7 +32,7 @@ QUANTILES = (0.5, 0.9, 0.99)
 def metrics():
     """Counts only, no patient data; scrape it from the internal network."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(services().sessions))
+    registry.register(DatabaseCollector(current_services().sessions))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
@@ -38,28 +48,28 @@ class DatabaseCollector:
             by_status = dict(session.execute(select(Study.status, func.count()).group_by(Study.status)).all())
             by_model = session.execute(select(Prediction.model_name, Prediction.model_version, func.count())
                                        .group_by(Prediction.model_name, Prediction.model_version)).all()
-            flags = session.execute(select(ReviewFlag.reason, ReviewFlag.status, func.count())
-                                    .group_by(ReviewFlag.reason, ReviewFlag.status)).all()
+            flags = Counter((reason, status) for reasons, status in session.execute(
+                select(ReviewFlag.reasons, ReviewFlag.status)) for reason in reasons)
             recent = session.scalar(select(func.count()).select_from(Study).where(
-                Study.status.in_(("done", "error")), Study.finished_at >= now - WINDOW))
+                Study.status.in_(FINISHED), Study.finished_at >= now - WINDOW))
             latencies = session.execute(select(Study.created_at, Study.finished_at).where(
-                Study.status == "done", Study.finished_at >= now - LATENCY_WINDOW)).all()
+                Study.status == StudyStatus.DONE, Study.finished_at >= now - LATENCY_WINDOW)).all()
         studies = GaugeMetricFamily("pneumoscreen_studies", "Studies by status", labels=["status"])
-        for status in STUDY_STATUSES:
+        for status in StudyStatus:
             studies.add_metric([status], by_status.get(status, 0))
         yield studies
         yield GaugeMetricFamily("pneumoscreen_queue_depth", "Studies waiting or being screened",
-                                value=by_status.get("queued", 0) + by_status.get("running", 0))
+                                value=sum(by_status.get(status, 0) for status in UNFINISHED))
         yield CounterMetricFamily("pneumoscreen_study_errors", "Studies that ended in error",
-                                  value=by_status.get("error", 0))
+                                  value=by_status.get(StudyStatus.ERROR, 0))
         results = CounterMetricFamily("pneumoscreen_results", "Studies screened, by model",
                                       labels=["model", "model_version"])
         for name, version, count in by_model:
             results.add_metric([name, version], count)
         yield results
-        flagged = CounterMetricFamily("pneumoscreen_flags", "Review flags by reason and state",
+        flagged = CounterMetricFamily("pneumoscreen_flags", "Review flags by reason and state (a flag with two reasons counts under each)",
                                       labels=["reason", "state"])
-        for reason, state, count in flags:
+        for (reason, state), count in sorted(flags.items()):
             flagged.add_metric([reason, state], count)
         yield flagged
         yield GaugeMetricFamily("pneumoscreen_studies_per_second", "Studies finished per second, last 5 minutes",
@@ -68,8 +78,8 @@ class DatabaseCollector:
 
 
 def _latency(rows) -> GaugeMetricFamily:
-    """Upload-to-result seconds over the last hour, as quantiles (SQLite hands back naive UTC times)."""
-    seconds = sorted((_aware(done) - _aware(created)).total_seconds() for created, done in rows)
+    """Upload-to-result seconds over the last hour, as quantiles."""
+    seconds = sorted((as_utc(done) - as_utc(created)).total_seconds() for created, done in rows)
     family = GaugeMetricFamily("pneumoscreen_result_latency_seconds",
                                "Seconds from upload to result, studies finished in the last hour",
                                labels=["quantile"])
@@ -77,6 +87,3 @@ def _latency(rows) -> GaugeMetricFamily:
         family.add_metric([str(q)], seconds[min(len(seconds) - 1, int(q * len(seconds)))] if seconds else 0.0)
     return family
 
-
-def _aware(moment):
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

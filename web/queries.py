@@ -5,7 +5,15 @@ from flask_login import current_user
 from sqlalchemy import func, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Batch, Prediction, ReviewFlag, Study
+from db.models import (
+    FINISHED,
+    Batch,
+    FlagStatus,
+    Prediction,
+    ReviewFlag,
+    Study,
+    StudyStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +48,7 @@ def batch_progress(session: Session, batch_ids: list[int]) -> dict[int, dict]:
     rows = session.execute(
         select(Study.batch_id, Study.status, func.count())
         .where(Study.batch_id.in_(batch_ids)).group_by(Study.batch_id, Study.status)).all()
-    progress = {batch_id: {"queued": 0, "running": 0, "done": 0, "error": 0} for batch_id in batch_ids}
+    progress = {batch_id: {status: 0 for status in StudyStatus} for batch_id in batch_ids}
     for batch_id, status, count in rows:
         progress[batch_id][status] = count
     return {batch_id: _summary(counts) for batch_id, counts in progress.items()}
@@ -48,14 +56,14 @@ def batch_progress(session: Session, batch_ids: list[int]) -> dict[int, dict]:
 
 def _summary(counts: dict) -> dict:
     total = sum(counts.values())
-    finished = counts["done"] + counts["error"]
+    finished = sum(counts[status] for status in FINISHED)
     if finished == total:
-        status = "done"
-    elif finished or counts["running"]:
-        status = "running"
+        status = StudyStatus.DONE
+    elif finished or counts[StudyStatus.RUNNING]:
+        status = StudyStatus.RUNNING
     else:
-        status = "queued"
-    return {"status": status, "total": total, "done": counts["done"], "failed": counts["error"],
+        status = StudyStatus.QUEUED
+    return {"status": status.value, "total": total, "done": counts[StudyStatus.DONE], "failed": counts[StudyStatus.ERROR],
             "percent": round(100 * finished / total) if total else 100}
 
 
@@ -81,13 +89,13 @@ def study_json(study: Study) -> dict:
         "prediction": prediction.prediction if prediction else None,
         "threshold": prediction.threshold if prediction else None,
         "model_version": prediction.model_version if prediction else None,
-        "flagged": flag is not None, "flag_reason": flag.reason if flag else None,
+        "flagged": flag is not None, "flag_reasons": list(flag.reasons) if flag else [],
         "review_status": flag.status if flag else None,
         "error": study.error,
     }
 
 
-def review_queue(session: Session, status: str = "open") -> list[tuple[ReviewFlag, Study, Prediction]]:
+def review_queue(session: Session, status: str = FlagStatus.OPEN) -> list[tuple[ReviewFlag, Study, Prediction]]:
     """Flags with their study and prediction, the riskiest (highest probability) first."""
     return session.execute(
         select(ReviewFlag, Study, Prediction)

@@ -9,13 +9,22 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Prediction, ReviewFlag, Study, utcnow
+from core.storage import Storage
+from db.models import (
+    FINISHED,
+    UNFINISHED,
+    Prediction,
+    ReviewFlag,
+    Study,
+    StudyStatus,
+    utcnow,
+)
 from db.session import audit
 from models.heatmap import heatmap_png
 from models.imaging import ImageDecodeError, decode_image, to_png
-from pneumoscreen.storage import Storage
-from worker.duplicates import resolve_duplicates
-from worker.dicom_intake import scope_flag
+from models.screener import Finding, Screener
+from studies.duplicates import resolve_duplicates
+from studies.scope import scope_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +37,15 @@ CROP_SIDE = 256
 class Outcome:
     """What the pipeline made of one image: a finding, or the reason there is none."""
 
-    finding: object | None = None
+    finding: Finding | None = None
     image: np.ndarray | None = None
     error: str | None = None
 
 
 @functools.cache
-def load_screener(weights_dir: Path):
+def load_screener(weights_dir: Path) -> Screener:
     """Load TensorFlow and the weights once per process, on first use (never before a fork)."""
     import tensorflow as tf
-
-    from models.screener import Screener
 
     # TensorFlow places the models on a GPU by itself when it sees one; say which it is.
     gpus = tf.config.list_physical_devices("GPU")
@@ -46,7 +53,7 @@ def load_screener(weights_dir: Path):
     return Screener.load(weights_dir)
 
 
-def analyse(screener, blobs: list[bytes]) -> list[Outcome]:
+def screen_files(screener: Screener, blobs: list[bytes]) -> list[Outcome]:
     """Decode every image, then run the models once over all that decoded."""
     # Pillow releases the GIL while decoding, so two threads keep both cores busy.
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -65,7 +72,7 @@ def _decode(data: bytes) -> Outcome:
         return Outcome(error=str(exc))
 
 
-def run_batch(sessions: sessionmaker[Session], storage: Storage, screener, study_ids: list[int]) -> dict:
+def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Screener, study_ids: list[int]) -> dict:
     """Screen the given studies and store the results; safe to run twice on the same ids."""
     claimed = _claim(sessions, study_ids)
     blobs, missing = [], {}
@@ -75,7 +82,7 @@ def run_batch(sessions: sessionmaker[Session], storage: Storage, screener, study
         except FileNotFoundError:
             missing[study_id] = "stored file is missing"
             blobs.append(b"")
-    outcomes = analyse(screener, blobs) if claimed else []
+    outcomes = screen_files(screener, blobs) if claimed else []
     for (study_id, _), outcome in zip(claimed, outcomes):
         if outcome.finding is not None:
             storage.put_derived(study_id, "thumb", to_png(outcome.image, THUMB_SIDE))
@@ -94,32 +101,32 @@ def _claim(sessions: sessionmaker[Session], study_ids: list[int]) -> list[tuple[
     with sessions.begin() as session:
         session.execute(
             update(Study)
-            .where(Study.id.in_(study_ids), Study.status.in_(("queued", "running")),
+            .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED),
                    Study.attempts >= MAX_ATTEMPTS)
-            .values(status="error", finished_at=utcnow(),
+            .values(status=StudyStatus.ERROR, finished_at=utcnow(),
                     error=f"gave up after {MAX_ATTEMPTS} attempts (worker crashed on this batch)"))
         session.execute(
             update(Study)
-            .where(Study.id.in_(study_ids), Study.status.in_(("queued", "running")))
-            .values(status="running", started_at=utcnow(), attempts=Study.attempts + 1))
+            .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED))
+            .values(status=StudyStatus.RUNNING, started_at=utcnow(), attempts=Study.attempts + 1))
         rows = session.execute(
             select(Study.id, Study.storage_key)
-            .where(Study.id.in_(study_ids), Study.status == "running").order_by(Study.id)).all()
+            .where(Study.id.in_(study_ids), Study.status == StudyStatus.RUNNING).order_by(Study.id)).all()
     return [(row.id, row.storage_key) for row in rows]
 
 
-def _record(sessions: sessionmaker[Session], screener, study_ids: list[int], outcomes: list[Outcome]) -> dict:
+def _record(sessions: sessionmaker[Session], screener: Screener, study_ids: list[int], outcomes: list[Outcome]) -> dict:
     """Write results in a second transaction; a study someone else finished meanwhile is left alone."""
     counts = {"done": 0, "error": 0, "skipped": 0}
     with sessions.begin() as session:
         for study_id, outcome in zip(study_ids, outcomes):
             study = session.get(Study, study_id, with_for_update=True)
-            if study.status in ("done", "error"):
+            if study.status in FINISHED:
                 counts["skipped"] += 1
                 continue
             study.finished_at = utcnow()
             if outcome.finding is None:
-                study.status, study.error = "error", outcome.error
+                study.status, study.error = StudyStatus.ERROR, outcome.error
                 audit(session, None, "study.error", "study", study_id, reason=outcome.error)
                 counts["error"] += 1
                 continue
@@ -130,8 +137,8 @@ def _record(sessions: sessionmaker[Session], screener, study_ids: list[int], out
     return counts
 
 
-def _store_finding(session: Session, screener, study: Study, finding) -> None:
-    study.status, study.error = "done", None
+def _store_finding(session: Session, screener: Screener, study: Study, finding: Finding) -> None:
+    study.status, study.error = StudyStatus.DONE, None
     session.add(Prediction(
         study_id=study.id, model_name=screener.name, model_version=screener.version,
         probability=float(finding.probability), prediction=finding.prediction,
@@ -139,9 +146,9 @@ def _store_finding(session: Session, screener, study: Study, finding) -> None:
         details=finding.details))
     audit(session, None, "study.result", "study", study.id, prediction=finding.prediction,
           probability=round(float(finding.probability), 4), model_version=screener.version)
-    # DICOM scope: non-radiographs and lateral-only studies are flagged out_of_scope (worker/dicom_intake.py).
-    # The pixel gate's out_of_scope comes inside the model's reasons ("out_of_scope,near_threshold").
-    flag_reason = scope_flag(session, study, finding.flag_reason if finding.flagged else None)
-    if flag_reason:
-        session.add(ReviewFlag(study_id=study.id, reason=flag_reason))
-        audit(session, None, "study.flag", "study", study.id, reason=flag_reason)
+    # DICOM scope: non-radiographs, adults and lateral-only studies are flagged out_of_scope (studies/scope.py).
+    # The pixel gate's out_of_scope comes among the model's own reasons.
+    reasons = scope_reasons(session, study, list(finding.reasons))
+    if reasons:
+        session.add(ReviewFlag(study_id=study.id, reasons=[str(reason) for reason in reasons]))
+        audit(session, None, "study.flag", "study", study.id, reasons=[str(reason) for reason in reasons])

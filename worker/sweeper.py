@@ -12,15 +12,14 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from db.models import Study, utcnow
-from worker.duplicates import resolve_duplicates
-from worker.intake import enqueue_studies
+from core.services import QUEUE, Services
+from db.models import Study, StudyStatus, utcnow
+from studies.duplicates import resolve_duplicates
 
 logger = logging.getLogger(__name__)
-QUEUE = "screening"
 
 
-def requeue_stale(services, queued_older_than_s: int | None = None,
+def requeue_stale(services: Services, queued_older_than_s: int | None = None,
                   running_older_than_s: int | None = None) -> int:
     """Send stale queued/running studies again, in chunks of the batch size; returns how many."""
     settings = services.settings
@@ -30,29 +29,29 @@ def requeue_stale(services, queued_older_than_s: int | None = None,
     last_touched = func.coalesce(Study.started_at, Study.created_at)
     with services.sessions.begin() as session:
         originals = session.scalars(select(Study.duplicate_of_id).distinct().where(
-            Study.duplicate_of_id.is_not(None), Study.status == "queued", Study.created_at < queued_cutoff)).all()
+            Study.duplicate_of_id.is_not(None), Study.status == StudyStatus.QUEUED, Study.created_at < queued_cutoff)).all()
         if originals:
             resolve_duplicates(session, list(originals))
         # A running study whose worker died: its message sits unacknowledged until the visibility
         # timeout. Mark it queued again (touched now), so it is sent once, not on every sweep.
         lost_running = session.scalars(select(Study.id).where(
-            Study.status == "running", Study.started_at < running_cutoff,
+            Study.status == StudyStatus.RUNNING, Study.started_at < running_cutoff,
             Study.duplicate_of_id.is_(None))).all()
         if lost_running:
-            session.execute(update(Study).where(Study.id.in_(lost_running), Study.status == "running")
-                            .values(status="queued", started_at=now))
+            session.execute(update(Study).where(Study.id.in_(lost_running), Study.status == StudyStatus.RUNNING)
+                            .values(status=StudyStatus.QUEUED, started_at=now))
         # A queued study is only lost when nothing waits in the queue: otherwise it may be behind a backlog.
         lost_queued = [] if _backlog(services) else session.scalars(select(Study.id).where(
-            Study.status == "queued", last_touched < queued_cutoff, Study.duplicate_of_id.is_(None))).all()
+            Study.status == StudyStatus.QUEUED, last_touched < queued_cutoff, Study.duplicate_of_id.is_(None))).all()
     study_ids = sorted(set(lost_running) | set(lost_queued))
     if study_ids:
-        enqueue_studies(services, study_ids)
+        services.enqueue(study_ids)
         logger.warning("sweeper re-queued %d studies (%d were running on a lost worker)",
                        len(study_ids), len(lost_running))
     return len(study_ids)
 
 
-def _backlog(services) -> int:
+def _backlog(services: Services) -> int:
     """Messages waiting in the screening queue (not counting those a worker holds)."""
     with services.celery.connection_for_write() as connection:
         try:
@@ -61,7 +60,7 @@ def _backlog(services) -> int:
             return 0  # no such queue yet: nothing waiting
 
 
-def start_sweeper(services) -> threading.Event:
+def start_sweeper(services: Services) -> threading.Event:
     """Run requeue_stale now and every sweep interval in a daemon thread; set the event to stop it."""
     stop = threading.Event()
 

@@ -1,24 +1,22 @@
-"""Thin Celery tasks: names, retries, acks. The work is in worker.pipeline."""
+"""Thin Celery tasks: names and retries (acks and prefetch are the Celery app's settings). The work is in worker.pipeline."""
 import logging
 
 from celery import shared_task
-from flask import current_app
-from sqlalchemy.exc import OperationalError
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import OperationalError
 
-from pneumoscreen.logs import bind, unbind
+from core.logs import bind, unbind
+from core.services import SCREEN_TASK, current_services
 from worker import pipeline
-from worker.intake import SCREEN_TASK
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name=SCREEN_TASK, acks_late=True, reject_on_worker_lost=True,
-             autoretry_for=(OperationalError, BrokerError), retry_backoff=2, retry_backoff_max=120,
-             max_retries=20, ignore_result=True, bind=True)
+@shared_task(name=SCREEN_TASK, bind=True, autoretry_for=(OperationalError, BrokerError), retry_backoff=2,
+             retry_backoff_max=120, max_retries=20)
 def screen_studies(self, study_ids: list[int]) -> dict:
     """Screen one batch of studies by id."""
-    services = current_app.extensions["pneumoscreen"]
+    services = current_services()
     token = bind(task_id=self.request.id, first_study=min(study_ids), studies=len(study_ids))
     try:
         screener = pipeline.load_screener(services.settings.weights_dir)

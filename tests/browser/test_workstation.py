@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.cli.test_up import _free_port, _get, _wait
-from tests.conftest import REPO, data_dir, sample_films, zip_bytes
+from tests.helpers import REPO, data_dir, sample_films, zip_bytes
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from pneumoscreen.cli import CSV_COLUMNS, main
-from tests.conftest import REPO, sample_films, zip_bytes
+from tests.helpers import REPO, sample_films, zip_bytes
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from tests.conftest import REPO, sample_films
+from tests.helpers import sample_films
 
 
 def _free_port() -> int:

@@ -3,10 +3,10 @@ import pytest
 
 from db.models import ReviewFlag, Study
 from models.dicom import header_meta
-from tests.conftest import data_dir
+from studies.reviews import explain_flag
+from studies.scope import age_years, readable, scope_reasons
+from tests.helpers import data_dir
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
-from web.review import explain_flag
-from worker.dicom_intake import age_years, readable, scope_flag
 
 
 @pytest.mark.parametrize("value,years", [("004Y", 4), ("018M", 1.5), ("052W", 52 / 52.18), ("010D", 10 / 365.25),
@@ -19,37 +19,37 @@ def test_age_is_derived_from_dates_when_the_header_has_none():
     ds = dataset(chest_pixels())
     del ds.PatientAge
     ds.PatientBirthDate, ds.StudyDate = "19400305", "20040826"
-    assert header_meta(to_bytes(ds))["patient_age"] == "064Y"
+    assert header_meta(to_bytes(ds)).patient_age == "064Y"
     ds.PatientBirthDate = "20040301"
-    assert header_meta(to_bytes(ds))["patient_age"] == "005M"
+    assert header_meta(to_bytes(ds)).patient_age == "005M"
     ds.PatientBirthDate = "not a date"
-    assert header_meta(to_bytes(ds))["patient_age"] is None
+    assert header_meta(to_bytes(ds)).patient_age is None
 
 
 def test_adult_frontal_film_is_out_of_scope_and_a_child_keeps_the_model_flag():
     adult = Study(modality="CR", view_position="PA", patient_age="064Y")
     child = Study(modality="CR", view_position="PA", patient_age="004Y")
     unknown = Study(modality="CR", view_position="PA", patient_age=None)
-    assert scope_flag(None, adult, "near_threshold") == "out_of_scope" and not readable(adult)
-    assert scope_flag(None, child, "near_threshold") == "near_threshold" and readable(child)
-    assert scope_flag(None, unknown, None) is None
+    assert scope_reasons(None, adult, ["near_threshold"]) == ["out_of_scope"] and not readable(adult)
+    assert scope_reasons(None, child, ["near_threshold"]) == ["near_threshold"] and readable(child)
+    assert scope_reasons(None, unknown, []) == []
 
 
 def test_reviewers_read_why_a_film_is_out_of_scope():
-    adult = Study(modality="CR", view_position="LL", patient_age="064Y", flag=ReviewFlag(reason="out_of_scope"))
+    adult = Study(modality="CR", view_position="LL", patient_age="064Y", flag=ReviewFlag(reasons=["out_of_scope"]))
     [(reason, text)] = explain_flag(adult)
     assert reason == "out_of_scope"
     assert text.startswith("DICOM header: patient age 64 years (adult); view LL is not frontal.")
     # The pixel gate's out_of_scope (no header cause) and the model's own reasons keep the plain text.
     child = Study(modality=None, view_position=None, patient_age=None,
-                  flag=ReviewFlag(reason="out_of_scope,near_threshold"))
+                  flag=ReviewFlag(reasons=["out_of_scope", "near_threshold"]))
     assert [text.split(" ")[:3] for _, text in explain_flag(child)] == [["The", "film", "does"],
                                                                         ["The", "pneumonia", "probability"]]
 
 
 def test_the_real_adult_film_with_dates_reads_as_64_years():
     path = data_dir("dicom") / "RG1_J2KI.dcm"
-    assert header_meta(path.read_bytes())["patient_age"] == "064Y"
+    assert header_meta(path.read_bytes()).patient_age == "064Y"
 
 
 def test_screen_cli_applies_the_header_rules_file_by_file(tmp_path, tiny_weights):

@@ -4,10 +4,18 @@ import pytest
 from pydicom.dataset import Dataset
 
 from models.dicom import check_dicom, decode_dicom, header_meta, is_dicom
-from models.imaging import ImageDecodeError, decode_image, to_png
-from pneumoscreen.inputs import check_image, expand
-from tests.conftest import REPO, data_dir, zip_bytes
-from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k, jpeg_lossless, to_bytes
+from models.imaging import ImageDecodeError, check_image, decode_image, to_png
+from studies.files import expand
+from tests.helpers import REPO, data_dir, zip_bytes
+from tests.dicom.factory import (
+    SECRET_ID,
+    SECRET_NAME,
+    chest_pixels,
+    dataset,
+    j2k,
+    jpeg_lossless,
+    to_bytes,
+)
 
 OUT = REPO / "test-output"
 
@@ -32,8 +40,8 @@ def test_real_films_decode_as_chests(name, shape):
     OUT.mkdir(exist_ok=True)
     (OUT / f"{name}.png").write_bytes(to_png(small))
     meta = header_meta(data)
-    assert meta["modality"] == "CR" and meta["view_position"] == "PA" and meta["body_part"] == "CHEST"
-    assert meta["study_instance_uid"] and meta["sop_instance_uid"]
+    assert meta.modality == "CR" and meta.view_position == "PA" and meta.body_part == "CHEST"
+    assert meta.study_instance_uid and meta.sop_instance_uid
 
 
 def test_monochrome1_is_inverted_and_monochrome2_is_not():
@@ -104,6 +112,6 @@ def test_zip_of_dicom_carries_header_attributes_but_no_patient_identity():
     items = list(expand("study.zip", zip_bytes({"IM0001": to_bytes(film), "notes.txt": b"hello"})))
     good, bad = items
     assert good.error is None and bad.error and bad.meta is None
-    assert good.meta["view_position"] == "AP" and good.meta["patient_age"] == "004Y"
-    assert good.meta["study_instance_uid"] == film.StudyInstanceUID
+    assert good.meta.view_position == "AP" and good.meta.patient_age == "004Y"
+    assert good.meta.study_instance_uid == film.StudyInstanceUID
     assert SECRET_NAME not in str(good.meta) and SECRET_ID not in str(good.meta)

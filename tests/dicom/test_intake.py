@@ -8,11 +8,20 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import Study
-from tests.conftest import bearer, zip_bytes
-from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k, jpeg_lossless, to_bytes
+from studies.results import study_result
+from tests.helpers import bearer, zip_bytes
+from tests.dicom.factory import (
+    SECRET_ID,
+    SECRET_NAME,
+    chest_pixels,
+    dataset,
+    j2k,
+    jpeg_lossless,
+    to_bytes,
+)
 from worker import pipeline
-from worker.dicom_intake import study_result
 
 
 @pytest.fixture
@@ -31,7 +40,7 @@ def screened(app, users, caplog):
     response = client.post("/api/v1/batches", data={"files": [(io.BytesIO(upload), "films.zip")]},
                            headers=bearer(users["uploader"]), content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     with services.sessions() as session:
         ids = {s.filename.split("/", 1)[1]: s.id for s in session.scalars(select(Study)).all()}
     screener = pipeline.load_screener(services.settings.weights_dir)
@@ -47,10 +56,10 @@ def test_header_attributes_scope_and_study_result(screened, caplog):
         assert (frontal.modality, frontal.view_position, frontal.study_instance_uid) == ("CR", "PA", "1.2.3.100")
         assert frontal.patient_age == "004Y" and frontal.body_part == "CHEST" and frontal.sop_instance_uid
         assert all(study.prediction is not None for study in studies.values())  # results stored, even out of scope
-        assert studies["c/ct.dcm"].flag.reason == "out_of_scope"
-        assert studies["b/lateral.dcm"].flag.reason == "out_of_scope"
+        assert studies["c/ct.dcm"].flag.reasons == ["out_of_scope"]
+        assert studies["b/lateral.dcm"].flag.reasons == ["out_of_scope"]
         assert studies["a/lateral.dcm"].flag is None  # its study has a frontal film
-        assert frontal.flag is None or frontal.flag.reason != "out_of_scope"
+        assert frontal.flag is None or "out_of_scope" not in frontal.flag.reasons
         grouped = study_result(session, studies["a/lateral.dcm"])
         assert grouped["decided_by"] == frontal.id and grouped["images"] == sorted([frontal.id, studies["a/lateral.dcm"].id])
         assert grouped["probability"] == frontal.prediction.probability

@@ -4,11 +4,12 @@ import socket
 import time
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import Batch, Study
 from pneumoscreen.dicom_listen import Listener
 from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k
@@ -22,7 +23,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def listener(app):
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     scp = Listener(services, "PNEUMOTEST", _free_port(), "127.0.0.1", quiet_s=1)
     scp.start(block=False)
     yield scp
@@ -51,7 +52,7 @@ def test_echo_and_store_a_study_that_completes_after_quiet_time(app, listener, c
         assert assoc.send_c_store(colour).Status == 0xA900
     finally:
         assoc.release()
-    sessions = app.extensions["pneumoscreen"].sessions
+    sessions = services_of(app).sessions
     with sessions() as session:
         assert session.scalars(select(Study)).all() == []  # not complete until the quiet time passed
     deadline = time.monotonic() + 15
@@ -66,7 +67,7 @@ def test_echo_and_store_a_study_that_completes_after_quiet_time(app, listener, c
         assert [row.sop_instance_uid for row in rows] == [ds.SOPInstanceUID for ds in study]
         assert {row.study_instance_uid for row in rows} == {"1.2.3.77"} and len({r.batch_id for r in rows}) == 1
         assert session.get(Batch, rows[0].batch_id).source == "dicom"
-    assert len(list(app.extensions["pneumoscreen"].settings.broker_dir.glob("*.msg"))) == 1
+    assert len(list(services_of(app).settings.broker_dir.glob("*.msg"))) == 1
     assert SECRET_NAME.split("^")[0] not in caplog.text and SECRET_ID not in caplog.text
 
 
@@ -76,5 +77,5 @@ def test_stop_queues_what_arrived(app, listener):
     assoc.release()
     listener.quiet_s = 3600
     listener.stop()
-    with app.extensions["pneumoscreen"].sessions() as session:
+    with services_of(app).sessions() as session:
         assert len(session.scalars(select(Study)).all()) == 1

@@ -3,8 +3,9 @@ import uuid
 
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import Study
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.dicom.factory import chest_pixels, dataset, j2k, to_bytes
 
 REFERENCED, FAILED, FAILURE_REASON = "00081199", "00081198", "00081197"
@@ -43,7 +44,7 @@ def test_stow_stores_good_instances_and_fails_bad_ones(app, users):
                for item in failed)
     batch = client.get(response.headers["Content-Location"], headers=bearer(users["uploader"])).get_json()
     assert batch["total"] == 2
-    with app.extensions["pneumoscreen"].sessions() as session:
+    with services_of(app).sessions() as session:
         rows = session.scalars(select(Study)).all()
         assert {row.sop_instance_uid for row in rows} == {ds.SOPInstanceUID for ds in good}
         assert {row.study_instance_uid for row in rows} == {"1.2.3.9"}

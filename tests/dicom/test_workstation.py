@@ -3,9 +3,10 @@ import re
 
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import Study
 from models.imaging import to_png
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.dicom.test_stow import _post
 from worker import pipeline
@@ -20,7 +21,7 @@ def test_review_page_heatmap_toggle_and_keys(app, users):
     client = app.test_client()
     lateral_only = dataset(chest_pixels(), view="LL")  # out_of_scope: always flagged
     assert _post(client, users["uploader"], [("application/dicom", to_bytes(lateral_only))]).status_code == 200
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     with services.sessions() as session:
         study_id = session.scalars(select(Study.id)).one()
     pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir),
@@ -45,5 +46,5 @@ def test_review_page_heatmap_toggle_and_keys(app, users):
 
 
 def session_batch(app, study_id: int) -> int:
-    with app.extensions["pneumoscreen"].sessions() as session:
+    with services_of(app).sessions() as session:
         return session.get(Study, study_id).batch_id

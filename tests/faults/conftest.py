@@ -13,11 +13,12 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from core.services import services_of
+from core.settings import Settings
 from db.migrate import upgrade
 from db.models import Prediction, Study
 from pneumoscreen.app import create_app
-from pneumoscreen.settings import Settings
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # Own instances on free ports, named per test run: several people may run the suite on one machine.
 PG_VERSION = "15"
@@ -106,7 +107,7 @@ def stack(tmp_path, tiny_weights):
     yield build
     for app, worker in made:
         worker.stop()
-        app.extensions["pneumoscreen"].engine.dispose()
+        services_of(app).engine.dispose()
     log = tmp_path / "worker.log"
     if log.exists():
         print(log.read_text()[-3000:])

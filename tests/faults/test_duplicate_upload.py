@@ -3,8 +3,9 @@ import io
 
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import Study
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.security.corpus import encode, film
 from worker import pipeline
 
@@ -31,7 +32,7 @@ def _upload(client, token, files: dict[str, bytes]) -> int:
 
 
 def test_same_file_twice_is_screened_once_and_both_answered(app, users):
-    services, client = app.extensions["pneumoscreen"], app.test_client()
+    services, client = services_of(app), app.test_client()
     screener = CountingScreener(pipeline.load_screener(services.settings.weights_dir))
     first, other = encode(film(seed=11), "PNG"), encode(film(seed=12), "PNG")
 
@@ -60,7 +61,7 @@ def test_same_file_twice_is_screened_once_and_both_answered(app, users):
 
 def test_a_copy_waiting_on_its_original_ends_with_it(app, users):
     """Uploaded while the first copy is still queued: answered when the first one is screened."""
-    services, client = app.extensions["pneumoscreen"], app.test_client()
+    services, client = services_of(app), app.test_client()
     data = encode(film(seed=13), "PNG")
     first = _upload(client, users["uploader"], {"x.png": data})
     second = _upload(client, users["uploader"], {"x-again.png": data})

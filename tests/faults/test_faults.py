@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from core.services import services_of
 from db.accounts import create_user, issue_token
 from db.models import AuditEvent, Study
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.faults.conftest import counts, wait_until
 
 STUDIES = 60
@@ -27,7 +28,7 @@ def _films(count: int, seed: int) -> list[tuple[str, bytes]]:
 
 
 def _upload(app, count: int, seed: int = 0) -> tuple[str, int, list[int]]:
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     with services.sessions.begin() as session:
         token = issue_token(session, create_user(session, f"up{seed}", "uploader", None))
     response = app.test_client().post(
@@ -64,7 +65,7 @@ def _assert_exactly_once(services, ids, final, label, capsys, extra=""):
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_worker_killed_mid_batch_loses_nothing(database_url, own_redis, stack, capsys):
     app, worker = stack(database_url, own_redis.url)
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     _, _, ids = _upload(app, STUDIES)
     worker.start()
     at_kill = wait_until(lambda: (c := counts(services, ids))["done"] >= 4 and c["running"] > 0 and c,
@@ -85,7 +86,7 @@ def test_worker_killed_mid_batch_loses_nothing(database_url, own_redis, stack, c
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_redis_restart_loses_no_study(database_url, own_redis, stack, capsys):
     app, worker = stack(database_url, own_redis.url)
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     _, _, ids = _upload(app, STUDIES, seed=1)
     worker.start()
     at_stop = wait_until(lambda: (c := counts(services, ids))["done"] >= 4 and c["queued"] > 0 and c,
@@ -102,7 +103,7 @@ def test_redis_restart_loses_no_study(database_url, own_redis, stack, capsys):
 
 def test_postgres_restart_answers_503_then_finishes(own_postgres, own_redis, stack, capsys):
     app, worker = stack(own_postgres.url, own_redis.url)
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     client = app.test_client()
     token, batch_id, ids = _upload(app, 40, seed=2)
     worker.start()

@@ -3,10 +3,11 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from core.services import services_of
 from db.models import Study, User, utcnow
-from pneumoscreen.inputs import Item
+from studies.files import Item
+from studies.intake import submit_batch
 from tests.security.corpus import encode, film
-from worker.intake import submit_batch
 from worker.sweeper import requeue_stale
 
 
@@ -21,7 +22,7 @@ def _age(services, ids, seconds: int, **values) -> None:
 
 
 def test_requeue_stale(app, users):
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     with services.sessions() as session:
         user_id = session.scalar(select(User.id).where(User.username == "uploader"))
     batch, _ = submit_batch(services, [Item(f"{i}.png", encode(film(seed=30 + i), "PNG")) for i in range(6)],

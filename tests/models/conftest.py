@@ -17,7 +17,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """An untrained tiny segmenter + classifier saved once per session."""
-    from models.testing import build_tiny_bundle
+    from tests.models.bundle import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))
 

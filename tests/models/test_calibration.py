@@ -2,8 +2,8 @@
 import numpy as np
 
 from models.calibration import Calibration, choose_flag_band, choose_threshold, log_loss
-from models.evaluate import binary_metrics, roc_auc
-from models.train import patient_id
+from training.data import patient_id
+from training.evaluate import binary_metrics, roc_auc
 
 
 def test_roc_auc_matches_hand_counts():

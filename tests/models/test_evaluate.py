@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from models.evaluate import evaluate_folder, format_report
+from training.evaluate import evaluate_folder, format_report
 
 
 @pytest.fixture

@@ -45,3 +45,18 @@ def test_pneumonia_calls_get_only_out_of_scope():
 def test_policy_from_older_metadata_has_the_band_only():
     policy = FlagPolicy.from_meta({"flag_band_low": 0.3})
     assert policy.band_low == 0.3 and policy.min_contrast == 0.0 and policy.max_saturated == 1.0
+
+
+def test_flag_reasons_are_the_one_set_of_reason_strings():
+    from models.crop import CROP_FAILED
+    from models.flags import REASON_TEXT
+    from models.reasons import FlagReason
+
+    assert [str(r) for r in FlagReason] == ["out_of_scope", "near_threshold", "uncertain", "lung_crop_failed",
+                                            "low_quality"]
+    assert set(REASON_TEXT) == set(FlagReason) and all(REASON_TEXT.values())
+    assert CROP_FAILED is FlagReason.LUNG_CROP_FAILED
+    # Every reason flag_reasons gives is a FlagReason, written as its plain value.
+    all_reasons = reasons(prob=0.03, mc_high=0.2, crop_failed=True, contrast=0.01, scope=2.0)
+    assert all_reasons == list(FlagReason) and all(isinstance(r, FlagReason) for r in all_reasons)
+    assert ",".join(all_reasons) == "out_of_scope,near_threshold,uncertain,lung_crop_failed,low_quality"

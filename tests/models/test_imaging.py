@@ -1,11 +1,11 @@
-"""decode_image on generated PNG/JPEG files of every depth and colour mode, and on broken bytes."""
+"""check_image and decode_image on generated PNG/JPEG files of every depth and colour mode, and on broken bytes."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from models.imaging import ImageDecodeError, decode_image, to_png
+from models.imaging import ImageDecodeError, check_image, decode_image, to_png
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -87,3 +87,15 @@ def test_zero_bytes_and_non_images_are_rejected():
 def test_to_png_round_trip():
     pixels = decode_image(to_png(gradient() / 255.0))
     check(pixels, (40, 60))
+
+
+def test_check_image_at_the_door():
+    film = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), np.uint8))
+    png, jpeg = encode(film), encode(film, "JPEG")
+    assert check_image(png) is None and check_image(jpeg) is None
+    assert check_image(b"") == "empty file"
+    assert check_image(b"not an image at all") == "not a PNG or JPEG image"
+    assert check_image(encode(film, "GIF")) == "unsupported image format GIF; send PNG or JPEG"
+    assert "too small for a chest film" in check_image(encode(Image.new("L", (20, 300))))
+    assert check_image(png[: len(png) // 2]).startswith("corrupt or truncated PNG image")
+    assert check_image(jpeg[: len(jpeg) // 2]).startswith("corrupt or truncated JPEG image")

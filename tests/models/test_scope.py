@@ -6,7 +6,8 @@ import pytest
 
 from models.imaging import decode_image
 from models.scope import STATS, ScopeModel, fit_scope
-from models.testing import blank_images, film_variants, synthetic_non_chest
+from models.reasons import FlagReason
+from tests.models.bundle import blank_images, film_variants, synthetic_non_chest
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
 
@@ -60,7 +61,7 @@ def real_films(data_dir):
 
 
 def oos(findings) -> list[bool]:
-    return ["out_of_scope" in (f.flag_reason or "") for f in findings]
+    return [FlagReason.OUT_OF_SCOPE in f.reasons for f in findings]
 
 
 def test_real_films_are_in_scope(shipped, real_films):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from models.flags import REASONS
+from models.reasons import FlagReason
 from models.screener import Finding, Screener
 
 SIZES = [(300, 200), (64, 64), (512, 380), (224, 224), (90, 500)]
@@ -24,11 +24,10 @@ def test_findings_are_well_formed(tiny_screener):
         assert finding.threshold == tiny_screener.threshold
         expected = "PNEUMONIA" if finding.probability >= finding.threshold else "NORMAL"
         assert finding.prediction == expected
-        assert finding.flagged == (finding.flag_reason is not None)
+        assert finding.flagged == bool(finding.reasons)
+        assert all(isinstance(reason, FlagReason) for reason in finding.reasons)
         if finding.prediction == "PNEUMONIA":
             assert not finding.flagged
-        elif finding.flagged:
-            assert set(finding.flag_reason.split(",")) <= set(REASONS)
         x0, y0, x1, y1 = finding.crop_box
         assert 0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0
         assert finding.crop.ndim == 2 and finding.crop.dtype == np.float32
@@ -39,7 +38,7 @@ def test_tiny_bundle_flags_normal_calls(tiny_screener):
     # Untrained: probabilities near 0.5, inside [flag_band_low 0.4, threshold 0.6); random masks fall back.
     findings = tiny_screener.screen(films())
     assert all(f.prediction == "NORMAL" and f.flagged for f in findings)
-    assert any("near_threshold" in f.flag_reason for f in findings)
+    assert any(FlagReason.NEAR_THRESHOLD in f.reasons for f in findings)
 
 
 def test_batched_equals_one_by_one(tiny_screener):
@@ -86,7 +85,8 @@ def test_save_model_versions_by_content_and_reloads_the_same_weights(tmp_path):
     import keras
     import numpy as np
 
-    from models.segmenter import VERSION, build_unet, save_model
+    from training.segmenter import build_unet
+    from training.weights import VERSION, save_model
 
     model = build_unet(64, widths=(4, 8), bottleneck=8)
     path = tmp_path / "sub" / "m.keras"

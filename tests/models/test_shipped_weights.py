@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 
 from models.crop import FALLBACK_BOX
-from models.evaluate import roc_auc
 from models.imaging import decode_image
 from models.screener import Screener
+from training.evaluate import roc_auc
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
 
@@ -37,7 +37,7 @@ def test_shipped_ensemble_files_are_the_trained_ones():
     import hashlib
     import json
 
-    from models.classifier import ensemble_version
+    from training.classifier import ensemble_version
 
     meta = json.loads((WEIGHTS_DIR / "classifier.json").read_text())
     members = meta["members"]
@@ -47,6 +47,7 @@ def test_shipped_ensemble_files_are_the_trained_ones():
         # Each member's version ends with the first 8 hex of its file's sha256, written when it was saved.
         digest = hashlib.sha256((WEIGHTS_DIR / member["file"]).read_bytes()).hexdigest()[:8]
         assert member["version"].endswith(f"+{digest}"), member["file"]
+        # Recorded when the shipped members were trained, before `python -m training` took over.
         assert member["command"].startswith("python -m models.train --classifier")
     assert meta["version"] == ensemble_version([m["version"] for m in members])
     assert set(meta["calibration"]) == {"method", "scale", "bias"} and meta["calibration"]["scale"] > 0

@@ -1,18 +1,21 @@
-"""`python -m models.train --classifier`: two ensemble members trained for real on a few films."""
+"""Training for real on a few films: train_classifier alone leaves the ensemble uncalibrated, train_member
+(what `python -m training --classifier` and `pneumoscreen train` run) adds a member and recalibrates."""
 import hashlib
 import json
 import shutil
 
 import numpy as np
 
-from models.classifier import ensemble_version, train_classifier
+from models.calibration import Calibration
 from models.imaging import decode_image
 from models.screener import Screener
+from training.classifier import ensemble_version, train_classifier
+from training.commands import train_member
 
 PER_CLASS = 14
 
 
-def test_two_members_train_into_one_recalibrated_bundle(tmp_path, data_dir, tiny_bundle):
+def test_train_classifier_then_train_member_recalibrates(tmp_path, data_dir, tiny_bundle):
     data = tmp_path / "data"
     for label in ("NORMAL", "PNEUMONIA"):
         (data / label).mkdir(parents=True)
@@ -20,24 +23,33 @@ def test_two_members_train_into_one_recalibrated_bundle(tmp_path, data_dir, tiny
             (data / label / path.name).symlink_to(path)
     out = tmp_path / "weights"
     out.mkdir()
-    for name in ("segmenter.keras", "segmenter.json"):
+    for name in ("segmenter.keras", "segmenter.json", "scope.npz"):
         shutil.copy(tiny_bundle / name, out / name)
 
     first = train_classifier(data, out, out / "segmenter.keras", epochs=1, member=0, command="member 0")
-    meta = train_classifier(data, out, out / "segmenter.keras", epochs=1, member=1, command="member 1")
+    # Training alone does not recalibrate: a new ensemble is the identity calibration at 0.5, and the
+    # stale gate (fitted on other features) is gone until recalibration writes a new one.
+    assert json.loads((out / "classifier.json").read_text()) == first
+    assert first["calibration"] == Calibration().to_meta() and first["threshold"] == first["flag_band_low"] == 0.5
+    assert "recalibrate_command" not in first and "validation" not in first
+    assert not (out / "scope.npz").exists()
+
+    meta = train_member(data, out, out / "segmenter.keras", epochs=1, member=1, command="member 1")
 
     assert [m["file"] for m in meta["members"]] == ["classifier.keras", "classifier-1.keras"]
     assert meta["members"][0] == first["members"][0]  # adding a member leaves the others as they were
+    assert meta["members"][1]["command"] == "member 1"
     for member in meta["members"]:
         digest = hashlib.sha256((out / member["file"]).read_bytes()).hexdigest()[:8]
         assert member["version"].endswith(f"+{digest}")
     assert meta["version"] == ensemble_version([m["version"] for m in meta["members"]]) != first["version"]
     # Recalibrated from the serving path: fitted calibration, a threshold, a flag policy and the gate.
-    assert meta["calibration"]["method"] == "platt" and meta["calibration"] != {"method": "platt", "scale": 1.0,
-                                                                                "bias": 0.0}
+    assert meta["calibration"]["method"] == "platt" and meta["calibration"] != Calibration().to_meta()
     assert 0.0 < meta["threshold"] <= 0.5 and meta["flag_band_low"] <= meta["threshold"]
     assert meta["validation"]["n"] == meta["split"]["n_val"] > 0
+    assert all(isinstance(reason, str) for reason in meta["validation"]["flags"]["by_reason"])
     assert (out / "scope.npz").is_file() and meta["recalibrate_command"] == "member 1"
+    assert json.loads((out / "classifier.json").read_text()) == meta
     screener = Screener.load(out)
     film = decode_image(next((data / "NORMAL").iterdir()).read_bytes())
     [finding] = screener.screen([film])

@@ -5,12 +5,13 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import select
 
+from core.services import services_of
 from db.accounts import create_user, ensure_department, issue_token
 from db.models import ApiToken, ReviewFlag, Study
-from pneumoscreen.inputs import Item
+from studies.files import Item
+from studies.intake import submit_batch
 from tests.security.corpus import encode, film
 from worker import pipeline
-from worker.intake import submit_batch
 
 
 @dataclass
@@ -24,7 +25,7 @@ class World:
 
 @pytest.fixture
 def world(app) -> World:
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     tokens, ids = {"anonymous": None}, {}
     with services.sessions.begin() as session:
         radiology, other = ensure_department(session, "Radiology"), ensure_department(session, "Elsewhere")
@@ -41,7 +42,7 @@ def world(app) -> World:
                        pipeline.load_screener(services.settings.weights_dir), [study_id])
     with services.sessions.begin() as session:
         if session.scalar(select(ReviewFlag).where(ReviewFlag.study_id == study_id)) is None:
-            session.add(ReviewFlag(study_id=study_id, reason="near_threshold"))
+            session.add(ReviewFlag(study_id=study_id, reasons=["near_threshold"]))
         ids["spare_token"] = session.scalar(select(ApiToken.id).where(ApiToken.user_id == ids["spare_user"]))
     ids.update(batch=batch.id, study=study_id)
     return World(tokens, ids)

@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from tests.conftest import zip_bytes
+from tests.helpers import zip_bytes
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.security.corpus import encode, film
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

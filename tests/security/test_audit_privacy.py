@@ -7,10 +7,12 @@ import re
 import numpy as np
 from sqlalchemy import select
 
+from core.services import services_of
 from db.accounts import revoke_token
 from db.models import Study
+from models.reasons import FlagReason
 from models.screener import Finding
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.security.corpus import encode, film
 from worker import pipeline
 
@@ -23,7 +25,7 @@ class FlaggingScreener:
     name, version = "fake", "0.0.0+flagging"
 
     def screen(self, images):
-        return [Finding(0.41, "NORMAL", 0.5, True, "near_threshold", (0.0, 0.0, 1.0, 1.0),
+        return [Finding(0.41, "NORMAL", 0.5, (FlagReason.NEAR_THRESHOLD,), (0.0, 0.0, 1.0, 1.0),
                         np.zeros((8, 8), np.float32)) for _ in images]
 
 
@@ -33,7 +35,7 @@ def _csrf(page: bytes) -> str:
 
 def test_audit_trail_records_every_kind_of_event_and_exports_csv(app, users, caplog):
     caplog.set_level(logging.DEBUG)
-    services, client = app.extensions["pneumoscreen"], app.test_client()
+    services, client = services_of(app), app.test_client()
     client.post("/login", data={"username": "admin", "password": "admin-password",
                                 "csrf_token": _csrf(client.get("/login").data)})
     secret_pixels = encode(film(seed=21), "PNG")
@@ -87,7 +89,7 @@ def test_csv_export_cannot_smuggle_spreadsheet_formulas(app, users):
 
 
 def test_stored_files_are_not_reachable_without_authorization(app, users):
-    services, client = app.extensions["pneumoscreen"], app.test_client()
+    services, client = services_of(app), app.test_client()
     response = client.post("/api/v1/batches", headers=bearer(users["uploader"]), content_type="multipart/form-data",
                            data={"files": [(io.BytesIO(encode(film(seed=22), "PNG")), "x.png")]})
     with services.sessions() as session:

@@ -5,8 +5,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import ApiToken, AuditEvent, User, utcnow
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -30,7 +31,7 @@ def test_login_is_throttled_after_repeated_failures(app, world):
 
 
 def test_old_failures_do_not_count(app, world):
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     client = app.test_client()
     for _ in range(5):
         _login(client, "admin", "wrong-password")
@@ -41,7 +42,7 @@ def test_old_failures_do_not_count(app, world):
 
 
 def test_logout_ends_the_session_and_is_audited(app, world):
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     client = app.test_client()
     assert _login(client, "reviewer", "reviewer-password").status_code == 302
     page = client.get("/batches")
@@ -73,7 +74,7 @@ def test_session_cookie_flags(app, world):
 
 
 def test_tokens_are_named_hashed_tracked_and_revocable(app, world):
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     client = app.test_client()
     assert _login(client, "admin", "admin-password").status_code == 302
     page = client.post("/admin/tokens", data={"user_id": world.ids["spare_user"], "name": "pacs-bridge",
@@ -97,7 +98,7 @@ def test_tokens_are_named_hashed_tracked_and_revocable(app, world):
 
 
 def test_disabled_account_loses_its_tokens_and_session(app, world):
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     token = world.tokens["other"]
     assert app.test_client().get("/batches", headers=bearer(token)).status_code == 200
     with services.sessions.begin() as session:

@@ -6,11 +6,12 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import Study
 from models.imaging import decode_image
-from pneumoscreen import inputs
-from pneumoscreen.inputs import expand
-from tests.conftest import bearer
+from studies import files as inputs
+from studies.files import expand
+from tests.helpers import bearer
 from tests.security.corpus import bad_at_the_door, bad_inside, encode, film, good
 from worker import pipeline
 
@@ -65,7 +66,7 @@ def test_request_over_the_limit_answers_413_with_a_message(app, users):
 
 def test_whole_corpus_in_one_upload(app, users, capsys):
     """Every bad case named with its reason, every good film screened, the server still up."""
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     client = app.test_client()
     hostile_name = "..\\../etc/passwd\x00<script>alert(1)</script>.png"
     films = good() | {hostile_name: encode(film(seed=7), "PNG")}

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import AuditEvent, ReviewFlag, Study
-from tests.conftest import bearer, png_bytes, sample_films, zip_bytes
+from tests.helpers import bearer, chest_film, chest_films, png_bytes, zip_bytes
 from worker import pipeline
 
 API_ROUTES = [("get", "/api/v1/batches/1"), ("post", "/api/v1/batches"), ("get", "/api/v1/review"),
@@ -25,7 +26,7 @@ def _upload(client, token, files: dict[str, bytes]):
 
 
 def _queued_messages(app) -> int:
-    return len(list(app.extensions["pneumoscreen"].settings.broker_dir.glob("*.msg")))
+    return len(list(services_of(app).settings.broker_dir.glob("*.msg")))
 
 
 @pytest.mark.parametrize("method,path", API_ROUTES)
@@ -43,7 +44,7 @@ def test_roles_are_enforced(client, users):
 
 
 def test_upload_queues_good_files_and_names_each_bad_one(app, client, users):
-    films = {p.name: p.read_bytes() for p in sample_films("NORMAL", 2)}
+    films = chest_films(normal=2)
     archive = zip_bytes({"a/one.png": png_bytes(np.zeros((40, 50), np.uint8)), "a/notes.txt": b"hello",
                          "__MACOSX/._one.png": b"junk"})
     response = _upload(client, users["uploader"], {**films, "scans.zip": archive, "empty.png": b"",
@@ -86,20 +87,24 @@ def test_oversize_request_gets_413_with_a_message(app, client, users):
     assert "upload limit" in response.get_json()["error"]
 
 
-def test_review_flow_is_stored_audited_and_append_only(app, client, users):
-    services = app.extensions["pneumoscreen"]
-    body = _upload(client, users["uploader"], {p.name: p.read_bytes() for p in sample_films("NORMAL", 3)}).get_json()
+def test_review_flow_is_stored_audited_and_append_only(app, client, users, stub_screener):
+    services = services_of(app)
+    body = _upload(client, users["uploader"], chest_films(normal=2, pneumonia=1)).get_json()
     with services.sessions() as session:
-        ids = session.scalars(select(Study.id).where(Study.batch_id == body["id"])).all()
+        ids = dict(session.execute(select(Study.filename, Study.id).where(Study.batch_id == body["id"])).all())
     screener = pipeline.load_screener(services.settings.weights_dir)
-    pipeline.run_batch(services.sessions, services.storage, screener, list(ids))
-    with services.sessions.begin() as session:  # make sure one is flagged, whatever the tiny model said
-        if not session.scalars(select(ReviewFlag)).all():
-            session.add(ReviewFlag(study_id=ids[0], reason="near_threshold"))
-        flagged_id = session.scalars(select(ReviewFlag.study_id)).first()
+    assert screener is stub_screener
+    pipeline.run_batch(services.sessions, services.storage, screener, list(ids.values()))
+    with services.sessions() as session:
+        flags = dict(session.execute(select(ReviewFlag.study_id, ReviewFlag.reasons)).all())
+        flag_events = session.scalars(select(AuditEvent.object_id).where(AuditEvent.action == "study.flag")).all()
+    assert sorted(flag_events) == sorted(flags)
+    # The stub calls the films without an opacity NORMAL near the threshold: those, and only those, are flagged.
+    assert flags == {ids["normal-0.jpeg"]: ["near_threshold"], ids["normal-1.jpeg"]: ["near_threshold"]}
+    flagged_id = ids["normal-0.jpeg"]
 
     queue = client.get("/api/v1/review", headers=bearer(users["reviewer"])).get_json()["items"]
-    assert flagged_id in [item["study_id"] for item in queue]
+    assert sorted(item["study_id"] for item in queue) == sorted(flags)
     probabilities = [item["probability"] for item in queue]
     assert probabilities == sorted(probabilities, reverse=True)
 
@@ -127,7 +132,7 @@ def test_review_flow_is_stored_audited_and_append_only(app, client, users):
 
 
 def test_review_of_an_unflagged_study_is_409(app, client, users):
-    body = _upload(client, users["uploader"], {p.name: p.read_bytes() for p in sample_films("NORMAL", 1)}).get_json()
+    body = _upload(client, users["uploader"], {"film.jpeg": chest_film()}).get_json()
     study_id = client.get(f"/api/v1/batches/{body['id']}", headers=bearer(users["uploader"])).get_json()["studies"][0]["id"]
     response = client.post(f"/api/v1/studies/{study_id}/review", json={"decision": "normal"},
                            headers=bearer(users["reviewer"]))
@@ -141,8 +146,8 @@ def test_healthz_reports_database_and_broker(client):
 
 
 def test_healthz_is_503_when_the_database_is_unreachable(tmp_path, tiny_weights):
+    from core.settings import Settings
     from pneumoscreen.app import create_app
-    from pneumoscreen.settings import Settings
 
     settings = Settings.from_env({"PNEUMOSCREEN_DATA_DIR": str(tmp_path), "SECRET_KEY": "x",
                                   "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from pneumoscreen.logs import configure
-from pneumoscreen.settings import ConfigError, log_format_from_env
+from core.logs import configure
+from core.settings import ConfigError, log_format_from_env
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ import io
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from core.services import services_of
 from db.models import Study
-from tests.conftest import bearer, zip_bytes
+from tests.helpers import bearer, zip_bytes
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from worker import pipeline
 
@@ -30,7 +31,7 @@ def test_metrics_follow_the_database(app, users):
     assert before[("pneumoscreen_queue_depth", ())] == 3
     assert before[("pneumoscreen_studies", (("status", "queued"),))] == 3
 
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     with services.sessions() as session:
         ids = session.scalars(select(Study.id)).all()
     pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir), ids)

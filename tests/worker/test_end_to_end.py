@@ -7,10 +7,11 @@ import redis
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
+from core.services import services_of
+from core.settings import Settings
 from db.models import AuditEvent, Prediction, Study
 from pneumoscreen.app import create_app
-from pneumoscreen.settings import Settings
-from tests.conftest import REDIS_URL, bearer, sample_films
+from tests.helpers import REDIS_URL, bearer, sample_films
 from tests.security.corpus import png_with_corrupt_pixels
 
 
@@ -24,7 +25,7 @@ def redis_app(tmp_path, database_url, tiny_weights):
         "SECRET_KEY": "test", "PNEUMOSCREEN_BATCH_SIZE": "4"})
     app = create_app(settings=settings)
     yield app
-    app.extensions["pneumoscreen"].engine.dispose()
+    services_of(app).engine.dispose()
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
@@ -41,7 +42,7 @@ def _wait_for_batch(client, token, batch_id, timeout=120) -> dict:
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_upload_screen_review_on_postgres_and_redis(redis_app, users_on):
     app, tokens = redis_app, users_on(redis_app)
-    services = app.extensions["pneumoscreen"]
+    services = services_of(app)
     client = app.test_client()
     films = sample_films("NORMAL", 5) + sample_films("PNEUMONIA", 5)
     upload = {"files": [(io.BytesIO(p.read_bytes()), p.name) for p in films]
@@ -87,7 +88,7 @@ def users_on():
     from db.accounts import create_user, issue_token
 
     def make(app) -> dict[str, str]:
-        with app.extensions["pneumoscreen"].sessions.begin() as session:
+        with services_of(app).sessions.begin() as session:
             return {role: issue_token(session, create_user(session, role, role, f"{role}-password"))
                     for role in ("uploader", "reviewer")}
     return make

@@ -3,15 +3,15 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from core.services import services_of
 from db.models import AuditEvent, Batch, Prediction, ReviewFlag, Study, User
-from pneumoscreen.inputs import Item
-from tests.conftest import png_bytes, sample_films
+from tests.helpers import png_bytes, sample_films
 from worker import pipeline
 
 
 @pytest.fixture
 def services(app):
-    return app.extensions["pneumoscreen"]
+    return services_of(app)
 
 
 def _add_studies(services, blobs: dict[str, bytes]) -> list[int]:
@@ -55,7 +55,7 @@ def test_run_batch_stores_results_errors_and_pictures(services):
                 assert services.storage.path(f"derived/{study.id}/{kind}.png").stat().st_size > 100
         flagged = session.scalars(select(ReviewFlag)).all()
         for flag in flagged:
-            assert flag.reason and flag.study.prediction.prediction == "NORMAL"
+            assert flag.reasons and flag.study.prediction.prediction == "NORMAL"
         actions = session.scalars(select(AuditEvent.action)).all()
         assert actions.count("study.result") == 4 and actions.count("study.error") == 1
 
@@ -98,10 +98,10 @@ def test_missing_stored_file_is_an_error_not_a_crash(services):
         assert session.get(Study, ids[0]).error == "stored file is missing"
 
 
-def test_analyse_keeps_order_with_bad_items_between_good_ones(tiny_weights):
+def test_screen_files_keeps_order_with_bad_items_between_good_ones(tiny_weights):
     screener = pipeline.load_screener(tiny_weights)
     good = png_bytes(np.full((64, 80), 128, np.uint8))
-    outcomes = pipeline.analyse(screener, [good, b"", b"not an image", good])
+    outcomes = pipeline.screen_files(screener, [good, b"", b"not an image", good])
     assert [o.error is None for o in outcomes] == [True, False, False, True]
     assert outcomes[1].error == "empty file"
     assert outcomes[0].finding is not None and outcomes[3].finding is not None

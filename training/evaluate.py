@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 
 from models.imaging import decode_image
-from models.train import list_images
+from models.reasons import FlagReason
+from training.data import list_images
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def evaluate_folder(data_dir: Path, screener, batch_size: int = 64) -> dict:
     for start in range(0, len(paths), batch_size):
         findings += screener.screen([decode_image(p.read_bytes()) for p in paths[start:start + batch_size]])
     probs = np.array([f.probability for f in findings])
-    reasons = [set((f.flag_reason or "").split(",")) - {""} for f in findings]
+    reasons = [set(f.reasons) for f in findings]
     metrics = binary_metrics(probs, labels, screener.threshold)
     normal_calls = probs < screener.threshold
     missed = normal_calls & (labels == 1)
@@ -66,11 +67,12 @@ def evaluate_folder(data_dir: Path, screener, batch_size: int = 64) -> dict:
     metrics.update({
         "threshold": screener.threshold, "model_version": screener.version,
         "fn_flagged_share": share(flagged, missed), "normal_calls_flagged_share": share(flagged, normal_calls),
-        "by_reason": {reason: {"fn_share": share(has, missed), "normal_calls_share": share(has, normal_calls),
+        "by_reason": {reason.value: {"fn_share": share(has, missed), "normal_calls_share": share(has, normal_calls),
                                "all_share": share(has, np.ones(len(has), bool))}
                       for reason in sorted(set().union(*reasons))
                       for has in [np.array([reason in r for r in reasons])]},
-        "out_of_scope_share": share(np.array(["out_of_scope" in r for r in reasons]), np.ones(len(probs), bool)),
+        "out_of_scope_share": share(np.array([FlagReason.OUT_OF_SCOPE in r for r in reasons]),
+                                    np.ones(len(probs), bool)),
     })
     logger.info("evaluated %d images from %s: %s", len(labels), data_dir, metrics)
     return metrics

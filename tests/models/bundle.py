@@ -1,4 +1,4 @@
-"""A tiny untrained model bundle with valid metadata, so pipeline tests run without shipped weights."""
+"""Test material: a tiny untrained model bundle (pipeline tests run without shipped weights) and non-chest images."""
 import datetime as dt
 import json
 import logging
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.classifier import build_classifier
 from models.scope import STATS, ScopeModel
-from models.segmenter import build_unet
+from training.classifier import build_classifier
+from training.segmenter import build_unet
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def build_tiny_bundle(out_dir: Path, seed: int = 0) -> Path:
         "validation": {}, "trained_at": now,
         "members": [{"file": "classifier.keras", "version": "0.0.0+tiny0"},
                     {"file": "classifier-1.keras", "version": "0.0.0+tiny1"}],
-        "command": "models.testing.build_tiny_bundle"}, indent=2))
+        "command": "tests.models.bundle.build_tiny_bundle"}, indent=2))
     logger.info("tiny bundle saved to %s", out_dir)
     return out_dir
 

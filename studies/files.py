@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from PIL import Image, UnidentifiedImageError
-
-from models.dicom import check_dicom, header_meta, is_dicom
-from models.imaging import MAX_PIXELS, SUPPORTED_FORMATS
+from models.dicom import DicomMeta, header_meta, is_dicom
+from models.imaging import check_image
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +20,6 @@ MAX_FILE_BYTES = MAX_MEMBER_BYTES
 # Films are already compressed: a zip that expands far beyond its size is a zip bomb.
 MAX_ZIP_RATIO = 20
 ZIP_RATIO_SLACK = 16 * 1024 * 1024
-MIN_SIDE = 32
 MAX_NAME = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -34,8 +31,8 @@ class Item:
     name: str
     data: bytes | None = None
     error: str | None = None
-    # DICOM header attributes for the study row (models.dicom.META_FIELDS); None for PNG/JPEG.
-    meta: dict | None = None
+    # DICOM header facts for the study row; None for PNG/JPEG.
+    meta: DicomMeta | None = None
 
 
 def is_zip(name: str, data: bytes) -> bool:
@@ -117,40 +114,6 @@ def _is_junk(filename: str) -> bool:
     """macOS resource forks and hidden files that archivers add: not studies."""
     base = filename.rsplit("/", 1)[-1]
     return filename.startswith("__MACOSX/") or base.startswith(".")
-
-
-def check_image(data: bytes) -> str | None:
-    """A quick look at the header at the door: None when it looks like a PNG/JPEG we can read."""
-    if not data:
-        return "empty file"
-    if is_dicom(data):
-        return check_dicom(data)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in SUPPORTED_FORMATS:
-                return f"unsupported image format {image.format}; send PNG or JPEG"
-            if image.width * image.height > MAX_PIXELS:
-                return f"image is {image.width}x{image.height} px, over the {MAX_PIXELS:,} pixel limit"
-            if min(image.width, image.height) < MIN_SIDE:
-                return f"image is {image.width}x{image.height} px, too small for a chest film"
-            return _check_complete(image)
-    except Image.DecompressionBombError:
-        return f"image has too many pixels (over the {MAX_PIXELS:,} pixel limit): refused"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return "not a PNG or JPEG image"
-
-
-def _check_complete(image: Image.Image) -> str | None:
-    """Catch truncated files at the door, cheaply: PNG chunk checksums, JPEG decoded at 1/8 scale."""
-    try:
-        if image.format == "PNG":
-            image.verify()
-        else:
-            image.draft("L", (image.width // 8 or 1, image.height // 8 or 1))
-            image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        return f"corrupt or truncated {image.format} image: {exc}"
-    return None
 
 
 def walk(paths: list[Path]) -> Iterator[Item]:

@@ -1,4 +1,9 @@
-"""Small separable-conv CNN on equalized 128 px lung crops; training, calibration and metadata."""
+"""Train one member of the classifier ensemble: a small separable-conv CNN on equalized 128 px lung crops.
+
+train_classifier saves the member and classifier.json uncalibrated (new ensemble) or as calibrated before
+(added member); training.recalibrate fits calibration, threshold, flags and scope gate as a separate step
+(training.commands.train_member runs both).
+"""
 import datetime as dt
 import hashlib
 import json
@@ -11,9 +16,10 @@ import numpy as np
 
 from models.calibration import Calibration, sigmoid
 from models.crop import CROP_FAILED, equalize
-from models.evaluate import binary_metrics
-from models.segmenter import compiled, crop_lungs, save_model
-from models.train import list_images, load_films, patient_split, patient_id
+from models.segmenter import compiled, crop_lungs
+from training.data import list_images, load_films, patient_id, patient_split
+from training.evaluate import binary_metrics
+from training.weights import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +105,13 @@ def ensemble_version(member_versions: list[str]) -> str:
 
 def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs: int = 16, member: int = 0,
                      command: str | None = None) -> dict:
-    """Train ensemble member `member` on lung crops, then recalibrate the whole ensemble in out_dir.
+    """Train ensemble member `member` on lung crops and record it in classifier.json; returns that meta.
 
-    Member 0 starts a new ensemble (classifier.keras, a fresh classifier.json); member N > 0 adds or
-    replaces classifier-N.keras. Every member uses the same patient split; the member number seeds
-    initialisation, shuffling and augmentation.
+    Member 0 starts a new ensemble (classifier.keras, a fresh uncalibrated classifier.json); member N > 0
+    adds or replaces classifier-N.keras and keeps the previous calibration. Either way the bundle needs
+    training.recalibrate before serving: scope.npz, fitted on the old ensemble's features, is removed.
+    Every member uses the same patient split; the member number seeds initialisation, shuffling and
+    augmentation.
     """
     import keras
 
@@ -139,7 +147,7 @@ def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs
     }
     logger.info("classifier member %d: validation AUC %.4f alone", member, entry["val_auc"])
     members = [*members[:member], entry, *members[member + 1:]]
-    # A new ensemble starts uncalibrated (identity, threshold 0.5, no flag band) until recalibrate below.
+    # A new ensemble starts uncalibrated (identity, threshold 0.5, no flag band) until training.recalibrate runs.
     meta = json.loads(meta_path.read_text()) if member else {
         "threshold": 0.5, "flag_band_low": 0.5, "calibration": Calibration().to_meta()}
     meta.update({
@@ -151,7 +159,7 @@ def train_classifier(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs
         "crop_fallbacks": int(failed.sum()),
     })
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    # Calibration, threshold, flag policy and scope gate come from the serving path over the same data.
-    from models.recalibrate import recalibrate
-
-    return recalibrate(data_dir, out_dir, command=entry["command"])
+    # The gate scores the ensemble's features: the old one would misjudge (or not fit) the new ensemble.
+    (out_dir / "scope.npz").unlink(missing_ok=True)
+    logger.info("classifier member %d saved to %s; the ensemble needs recalibrating", member, out_dir)
+    return meta

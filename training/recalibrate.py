@@ -1,6 +1,6 @@
 """Re-derive calibration, threshold, flag policy and the scope gate for trained weights, from data.
 
-`python -m models.train --recalibrate --data DIR --out WEIGHTS` runs the serving path
+`python -m training --recalibrate --data DIR --out WEIGHTS` runs the serving path
 (`Screener.run`) over every training film, then rewrites classifier.json's calibration, threshold,
 flag policy and validation figures and writes scope.npz; the .keras weights are not touched.
 """
@@ -14,10 +14,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from models.calibration import Calibration, choose_flag_band, choose_threshold
-from models.evaluate import binary_metrics
 from models.flags import FlagPolicy, flag_reasons
 from models.scope import STATS, fit_scope
-from models.train import list_images, load_films, patient_split
+from models.screener import BatchOutput, Screener
+from training.data import list_images, load_films, patient_split
+from training.evaluate import binary_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,28 +55,28 @@ def perturb(name: str, films: np.ndarray) -> np.ndarray:
 PERTURBATIONS = ("gamma_0.7", "gamma_1.4", "contrast_0.7", "blur_1.5", "noise_0.03", "resize_96")
 
 
-def run_all(screener, films: np.ndarray) -> dict[str, np.ndarray]:
-    """Screener.run over a large batch in chunks; the arrays concatenated."""
-    parts = [screener.run(films[i:i + CHUNK]) for i in range(0, len(films), CHUNK)]
-    keys = ("logit", "features", "stats", "mc_high", "member_spread", "crop_failed")
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+def run_all(screener: Screener, films: np.ndarray) -> BatchOutput:
+    """Screener.run over a large batch in chunks, without crops and heatmaps."""
+    return BatchOutput.concat([screener.run(films[i:i + CHUNK]).without_images()
+                               for i in range(0, len(films), CHUNK)])
 
 
-def policy_shares(screener, policy: FlagPolicy, out: dict, labels: np.ndarray, threshold: float,
+def policy_shares(screener: Screener, policy: FlagPolicy, out: BatchOutput, labels: np.ndarray, threshold: float,
                   calibrate: Calibration) -> dict:
     """Share of false negatives flagged and of NORMAL calls flagged, overall and by reason."""
-    probs = calibrate(out["logit"])
-    scores = screener.scope.scores(out["features"], out["stats"])["score"] if screener.scope else None
-    mc_high = out["mc_high"]
-    reasons = [flag_reasons(policy, probs[i], threshold, mc_high[i], bool(out["crop_failed"][i]), out["stats"][i],
+    # Calibration and gate are being refitted: the probabilities and scores stored in `out` are stale.
+    probs = calibrate(out.logit)
+    scores = screener.scope.scores(out.features, out.stats)["score"] if screener.scope else None
+    reasons = [flag_reasons(policy, probs[i], threshold, out.mc_high[i], bool(out.crop_failed[i]), out.stats[i],
                             None if scores is None else {"score": scores[i]}) for i in range(len(probs))]
     normal_calls, missed = probs < threshold, (probs < threshold) & (labels == 1)
     flagged = np.array([bool(r) for r in reasons])
     by_reason = {}
     for reason in sorted({r for rs in reasons for r in rs}):
         has = np.array([reason in rs for rs in reasons])
-        by_reason[reason] = {"normal_calls": round(float(has[normal_calls].mean()), 4) if normal_calls.any() else None,
-                             "false_negatives": int(has[missed].sum())}
+        by_reason[reason.value] = {
+            "normal_calls": round(float(has[normal_calls].mean()), 4) if normal_calls.any() else None,
+            "false_negatives": int(has[missed].sum())}
     return {"flagged": flagged, "n_false_negatives": int(missed.sum()), "fn_flagged": int(flagged[missed].sum()),
             "fn_flagged_share": round(float(flagged[missed].mean()), 4) if missed.any() else None,
             "n_normal_calls": int(normal_calls.sum()),
@@ -83,12 +84,12 @@ def policy_shares(screener, policy: FlagPolicy, out: dict, labels: np.ndarray, t
             "by_reason": by_reason}
 
 
-def robustness(screener, films: np.ndarray, labels: np.ndarray, calibrate: Calibration,
+def robustness(screener: Screener, films: np.ndarray, labels: np.ndarray, calibrate: Calibration,
                thresholds: list[float]) -> dict:
     """Validation AUC and sensitivity/specificity at each threshold, clean and under each perturbation."""
     table = {}
     for name in ("clean", *PERTURBATIONS):
-        logits = run_all(screener, films if name == "clean" else perturb(name, films))["logit"]
+        logits = run_all(screener, films if name == "clean" else perturb(name, films)).logit
         probs = calibrate(logits)
         table[name] = {"auc": binary_metrics(probs, labels, 0.5)["auc"], "at": {
             f"{t:g}": {k: m[k] for k in ("sensitivity", "specificity", "accuracy")}
@@ -99,8 +100,6 @@ def robustness(screener, films: np.ndarray, labels: np.ndarray, calibrate: Calib
 
 def recalibrate(data_dir: Path, weights_dir: Path, command: str) -> dict:
     """Refit calibration, threshold, flag policy and scope gate; rewrite classifier.json, write scope.npz."""
-    from models.screener import Screener
-
     started = time.monotonic()
     weights_dir = Path(weights_dir)
     screener = Screener.load(weights_dir, with_scope=False)
@@ -111,24 +110,24 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str) -> dict:
     logger.info("recalibrate: %d films through the serving path in %.0fs", len(films), time.monotonic() - started)
 
     y_val = labels[val]
-    calibration = Calibration.fit(out["logit"][val], y_val)
-    probs = calibration(out["logit"][val])
+    train_out, val_out = out.take(train), out.take(val)
+    calibration = Calibration.fit(val_out.logit, y_val)
+    probs = calibration(val_out.logit)
     threshold = choose_threshold(probs, y_val, TARGET_SENSITIVITY)
-    scope = fit_scope(out["features"][train], labels[train], out["stats"][train])
+    scope = fit_scope(train_out.features, labels[train], train_out.stats)
     scope.save(weights_dir / "scope.npz")
     screener.scope = scope
-    stats = out["stats"][train]
+    stats = train_out.stats
     policy = {"min_contrast": round(float(np.quantile(stats[:, STATS.index("crop_std")], QUALITY_QUANTILE)), 4),
               "max_saturated": round(float(np.quantile(stats[:, STATS.index("saturated")], 1 - QUALITY_QUANTILE)), 4),
               "uncertain": True}
-    val_out = {k: v[val] for k, v in out.items()}
     # The band takes what the other flags leave of the NORMAL-call budget.
     other = policy_shares(screener, FlagPolicy(threshold, **policy), val_out, y_val, threshold, calibration)
     band = choose_flag_band(probs, y_val, threshold, MAX_FLAG_SHARE, other.pop("flagged"))
     shares = policy_shares(screener, FlagPolicy(band["flag_band_low"], **policy), val_out, y_val, threshold,
                            calibration)
     shares.pop("flagged")
-    val_scope = scope.scores(out["features"][val], out["stats"][val])["score"]
+    val_scope = scope.scores(val_out.features, val_out.stats)["score"]
 
     meta_path = weights_dir / "classifier.json"
     meta = json.loads(meta_path.read_text())

@@ -1,22 +1,23 @@
-"""DICOM study rules: which images the model may read (radiographs, frontal views) and a study's result.
+"""Scope: which images the model may be trusted on, by their DICOM header (radiographs of children, frontal views).
 
 One `studies` row is one image. DICOM images group into a radiology study by StudyInstanceUID.
 Scope is decided when a result is recorded (`scope_flag`): every image gets the model's result
 stored, and an image the model must not be trusted on is flagged `out_of_scope` for a person:
 a non-radiograph modality, an adult patient, or a non-frontal view in a study with no frontal image. A lateral
 next to a frontal film is not flagged: the study's result comes from its frontal images, which
-`study_result` computes when it is read (the highest frontal probability decides).
+`studies.results.study_result` computes when it is read (the highest frontal probability decides).
 """
 import logging
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from db.models import Study
+from models.reasons import FlagReason
 
 logger = logging.getLogger(__name__)
 
-OUT_OF_SCOPE = "out_of_scope"
+OUT_OF_SCOPE = FlagReason.OUT_OF_SCOPE
 # Projection radiography: computed, digital, and digitized film. CT, MR, US... are not chest films.
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG"}
 FRONTAL_VIEWS = {"PA", "AP"}
@@ -53,20 +54,37 @@ def header_in_scope(modality: str | None, patient_age: str | None) -> bool:
     return in_modality_scope(modality) and in_age_scope(patient_age)
 
 
+def in_scope(modality: str | None, patient_age: str | None, view_position: str | None) -> bool:
+    """An image the model's result can stand for on its own: a child's radiograph in a frontal view."""
+    return header_in_scope(modality, patient_age) and is_frontal(view_position)
+
+
 def readable(study: Study) -> bool:
-    """An image the model's result can stand for: a child's radiograph in a frontal view."""
-    return header_in_scope(study.modality, study.patient_age) and is_frontal(study.view_position)
+    """The study row's image is in scope by its header."""
+    return in_scope(study.modality, study.patient_age, study.view_position)
 
 
-def scope_flag(session: Session, study: Study, model_flag: str | None) -> str | None:
-    """The flag reason to record for this image: out_of_scope, the model's own flag, or None."""
+def header_causes(modality: str | None, patient_age: str | None, view_position: str | None) -> list[str]:
+    """Why the DICOM header puts an image out of scope, in words; [] when it does not."""
+    causes = []
+    if not in_modality_scope(modality):
+        causes.append(f"modality {modality} is not a radiograph")
+    if not in_age_scope(patient_age):
+        causes.append(f"patient age {age_years(patient_age):.0f} years (adult)")
+    if not is_frontal(view_position):
+        causes.append(f"view {view_position} is not frontal")
+    return causes
+
+
+def scope_reasons(session: Session, study: Study, model_reasons: list[FlagReason]) -> list[FlagReason]:
+    """The flag reasons to record for this image: out_of_scope by its header, the model's own, or []."""
     if not header_in_scope(study.modality, study.patient_age):
-        return OUT_OF_SCOPE
+        return [OUT_OF_SCOPE]
     if is_frontal(study.view_position):
-        return model_flag
+        return list(model_reasons)
     if _has_frontal_sibling(session, study):
-        return None  # the study's frontal images speak for it
-    return OUT_OF_SCOPE
+        return []  # the study's frontal images speak for it
+    return [OUT_OF_SCOPE]
 
 
 def _has_frontal_sibling(session: Session, study: Study) -> bool:
@@ -76,34 +94,3 @@ def _has_frontal_sibling(session: Session, study: Study) -> bool:
         select(Study.modality, Study.view_position)
         .where(Study.study_instance_uid == study.study_instance_uid, Study.id != study.id)).all()
     return any(in_modality_scope(m) and is_frontal(v) for m, v in siblings)
-
-
-def study_images(session: Session, study: Study) -> list[Study]:
-    """The images of the same DICOM study (by StudyInstanceUID), or the image alone."""
-    if not study.study_instance_uid:
-        return [study]
-    return list(session.scalars(
-        select(Study).where(Study.study_instance_uid == study.study_instance_uid).order_by(Study.id)
-        .options(selectinload(Study.prediction), selectinload(Study.flag))))
-
-
-def study_result(session: Session, study: Study) -> dict:
-    """The study-level call: from its frontal radiographs (highest probability), else out of scope."""
-    images = study_images(session, study)
-    frontal = [image for image in images if readable(image) and image.prediction is not None]
-    result = {"study_instance_uid": study.study_instance_uid, "images": [image.id for image in images],
-              "frontal_images": [image.id for image in frontal], "scope": "in_scope"}
-    if not frontal:
-        candidates = [image for image in images if readable(image)]
-        if not candidates:
-            scope = OUT_OF_SCOPE
-        elif any(image.status in ("queued", "running") for image in candidates):
-            scope = "pending"
-        else:
-            scope = "error"  # frontal images there, but none could be read
-        result.update(scope=scope, probability=None, prediction=None)
-        return result
-    decisive = max(frontal, key=lambda image: image.prediction.probability)
-    result.update(probability=decisive.prediction.probability, prediction=decisive.prediction.prediction,
-                  threshold=decisive.prediction.threshold, decided_by=decisive.id)
-    return result

@@ -9,6 +9,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^(originals/[0-9a-f]{2}/[0-9a-f]{64}|derived/\d+/[a-z]+\.png)$")
+# Pictures made from a study for people: the film view, a thumbnail, the lung crop, the model's heatmap.
+DERIVED_KINDS = ("thumb", "view", "crop", "heatmap")
 
 
 class Storage:
@@ -25,11 +27,17 @@ class Storage:
             self._write(key, data)
         return key, digest
 
-    def put_derived(self, study_id: int, name: str, data: bytes) -> str:
-        """Store a picture made from a study (thumbnail, lung crop)."""
-        key = f"derived/{int(study_id)}/{name}.png"
+    def put_derived(self, study_id: int, kind: str, data: bytes) -> str:
+        """Store a picture made from a study (one of DERIVED_KINDS)."""
+        key = _derived_key(study_id, kind)
         self._write(key, data)
         return key
+
+    def derived_path(self, study_id: int, kind: str) -> Path:
+        return self.path(_derived_key(study_id, kind))
+
+    def has_derived(self, study_id: int, kind: str) -> bool:
+        return self.derived_path(study_id, kind).exists()
 
     def get(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -46,3 +54,9 @@ class Storage:
         with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
             handle.write(data)
         os.replace(handle.name, target)
+
+
+def _derived_key(study_id: int, kind: str) -> str:
+    if kind not in DERIVED_KINDS:
+        raise ValueError(f"not a derived picture: {kind!r}")
+    return f"derived/{int(study_id)}/{kind}.png"

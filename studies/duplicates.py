@@ -5,7 +5,7 @@ from typing import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Prediction, ReviewFlag, Study, utcnow
+from db.models import UNFINISHED, Prediction, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
 
 logger = logging.getLogger(__name__)
@@ -17,14 +17,14 @@ def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
     for study in studies:
         original = session.scalar(
             select(Study).where(Study.content_sha256 == study.content_sha256, Study.id < study.id,
-                                Study.duplicate_of_id.is_(None), Study.status != "error")
+                                Study.duplicate_of_id.is_(None), Study.status != StudyStatus.ERROR)
             .order_by(Study.id).limit(1))
         if original is None:
             continue
         study.duplicate_of_id = original.id
         held.add(study.id)
         audit(session, None, "study.duplicate", "study", study.id, duplicate_of=original.id)
-        if original.status == "done":
+        if original.status == StudyStatus.DONE:
             copy_result(session, original, study)
     return held
 
@@ -33,14 +33,14 @@ def resolve_duplicates(session: Session, original_ids: list[int]) -> int:
     """Finish the studies waiting on these originals with the originals' outcome; returns how many."""
     waiting = session.scalars(
         select(Study).where(Study.duplicate_of_id.in_(original_ids),
-                            Study.status.in_(("queued", "running"))).with_for_update()).all()
+                            Study.status.in_(UNFINISHED)).with_for_update()).all()
     resolved = 0
     for study in waiting:
         original = session.get(Study, study.duplicate_of_id)
-        if original.status == "done":
+        if original.status == StudyStatus.DONE:
             copy_result(session, original, study)
-        elif original.status == "error":
-            study.status, study.finished_at = "error", utcnow()
+        elif original.status == StudyStatus.ERROR:
+            study.status, study.finished_at = StudyStatus.ERROR, utcnow()
             study.error = f"same file as study {original.id}: {original.error}"
             audit(session, None, "study.error", "study", study.id, reason=study.error)
         else:
@@ -52,7 +52,7 @@ def resolve_duplicates(session: Session, original_ids: list[int]) -> int:
 def copy_result(session: Session, original: Study, study: Study) -> None:
     """Give `study` the original's prediction (and review flag) without running the models again."""
     source = original.prediction
-    study.status, study.error, study.finished_at = "done", None, utcnow()
+    study.status, study.error, study.finished_at = StudyStatus.DONE, None, utcnow()
     session.add(Prediction(
         study_id=study.id, model_name=source.model_name, model_version=source.model_version,
         probability=source.probability, prediction=source.prediction, threshold=source.threshold,
@@ -61,5 +61,5 @@ def copy_result(session: Session, original: Study, study: Study) -> None:
           probability=round(source.probability, 4), model_version=source.model_version,
           duplicate_of=original.id)
     if original.flag is not None:
-        session.add(ReviewFlag(study_id=study.id, reason=original.flag.reason))
-        audit(session, None, "study.flag", "study", study.id, reason=original.flag.reason)
+        session.add(ReviewFlag(study_id=study.id, reasons=list(original.flag.reasons)))
+        audit(session, None, "study.flag", "study", study.id, reasons=list(original.flag.reasons))

@@ -25,7 +25,8 @@ class Settings:
     broker_url: str
     storage_dir: Path
     weights_dir: Path
-    secret_key: str
+    # None: the embedded default, a random key kept beside the database (local_secret).
+    secret_key: str | None
     batch_size: int = 32
     max_upload_mb: int = 1024
     worker_pool: str = "prefork"
@@ -68,12 +69,12 @@ class Settings:
             broker_url=broker_url,
             storage_dir=Path(env.get("PNEUMOSCREEN_STORAGE_DIR", data_dir / "studies")).resolve(),
             weights_dir=Path(env.get("PNEUMOSCREEN_WEIGHTS_DIR", DEFAULT_WEIGHTS_DIR)).resolve(),
-            secret_key=env.get("SECRET_KEY") or _local_secret(data_dir),
+            secret_key=env.get("SECRET_KEY") or None,
             batch_size=_int(env, "PNEUMOSCREEN_BATCH_SIZE", 32, 1, 1024),
             max_upload_mb=_int(env, "PNEUMOSCREEN_MAX_UPLOAD_MB", 1024, 1, 100_000),
             worker_pool=worker_pool,
             worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 1, 1, 64),
-            secure_cookies=env.get("PNEUMOSCREEN_SECURE_COOKIES", "0") in ("1", "true", "yes"),
+            secure_cookies=_bool(env, "PNEUMOSCREEN_SECURE_COOKIES", False),
             dicom_quiet_s=_int(env, "PNEUMOSCREEN_DICOM_QUIET_S", 10, 1, 3600),
             sweep_interval_s=_int(env, "PNEUMOSCREEN_SWEEP_INTERVAL_S", 60, 1, 86_400),
             stale_queued_s=_int(env, "PNEUMOSCREEN_STALE_QUEUED_S", 120, 1, 86_400),
@@ -111,7 +112,18 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _local_secret(data_dir: Path) -> str:
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false, yes/no), got {env[name]!r}")
+
+
+def local_secret(data_dir: Path) -> str:
     """Embedded default: a random key kept beside the database, so sessions survive restarts."""
     path = data_dir / "secret_key"
     if not path.exists():

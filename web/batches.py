@@ -1,27 +1,42 @@
 """Portal pages for uploaders: upload many files or a zip, watch batches progress, see results."""
 import logging
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 
+from core.services import current_services
+from core.storage import DERIVED_KINDS
 from db.models import Batch
-from pneumoscreen.inputs import expand
-from web import db, services
+from studies.intake import submit_uploads
 from web.auth import roles_required
-from web.queries import batch_json, batch_progress, visible_batch, visible_batches, visible_study
-from worker.intake import submit_batch
+from web.context import db_session
+from web.queries import (
+    batch_json,
+    batch_progress,
+    visible_batch,
+    visible_batches,
+    visible_study,
+)
 
 logger = logging.getLogger(__name__)
-bp = Blueprint("intake", __name__)
-IMAGE_KINDS = ("thumb", "view", "crop", "heatmap")
+bp = Blueprint("batches", __name__)
 
 
 @bp.app_template_global()
 def study_image_exists(study_id: int, kind: str) -> bool:
     """Whether a derived picture was made (the heatmap only when the model provides one)."""
-    return kind in IMAGE_KINDS and services().storage.path(f"derived/{study_id}/{kind}.png").exists()
+    return kind in DERIVED_KINDS and current_services().storage.has_derived(study_id, kind)
 
 
 class UploadForm(FlaskForm):
@@ -33,15 +48,15 @@ class UploadForm(FlaskForm):
 def home():
     if current_user.role == "reviewer":
         return redirect(url_for("review.queue"))
-    return redirect(url_for("intake.batches"))
+    return redirect(url_for("batches.batches"))
 
 
 @bp.get("/batches")
 @login_required
 def batches():
     query = select(Batch).where(visible_batches()).order_by(Batch.id.desc()).limit(200)
-    rows = db().scalars(query).all()
-    progress = batch_progress(db(), [batch.id for batch in rows])
+    rows = db_session().scalars(query).all()
+    progress = batch_progress(db_session(), [batch.id for batch in rows])
     return render_template("batches.html", batches=rows, progress=progress)
 
 
@@ -55,36 +70,33 @@ def upload():
     if not files:
         flash("Choose at least one image or .zip file.", "error")
         return render_template("upload.html", form=form), 400
-    items = [item for upload in files for item in expand(upload.filename, upload.read())]
-    batch, rejected = submit_batch(services(), items, current_user.id, "portal")
+    batch, rejected, accepted = submit_uploads(
+        current_services(), [(f.filename, f.read()) for f in files], current_user.id, "portal")
     for item in rejected:
         flash(f"{item['filename']}: {item['error']}", "error")
     if batch is None:
         return render_template("upload.html", form=form), 422
-    flash(f"Batch {batch.id}: {len(items) - len(rejected)} studies queued.", "info")
-    return redirect(url_for("intake.batch", batch_id=batch.id))
+    flash(f"Batch {batch.id}: {accepted} studies queued.", "info")
+    return redirect(url_for("batches.batch", batch_id=batch.id))
 
 
 @bp.get("/batches/<int:batch_id>")
 @login_required
 def batch(batch_id: int):
-    found = visible_batch(db(), batch_id)
+    found = visible_batch(db_session(), batch_id)
     if found is None:
         abort(404)
-    return render_template("batch.html", batch=batch_json(db(), found))
+    return render_template("batch.html", batch=batch_json(db_session(), found))
 
 
 @bp.get("/studies/<int:study_id>/<kind>.png")
 @login_required
 def study_image(study_id: int, kind: str):
-    study = visible_study(db(), study_id)
-    if study is None or kind not in IMAGE_KINDS:
+    study = visible_study(db_session(), study_id)
+    if study is None or kind not in DERIVED_KINDS:
         abort(404)
-    try:
-        # A duplicate upload shows the pictures made for the first copy of the same file.
-        path = services().storage.path(f"derived/{study.duplicate_of_id or study.id}/{kind}.png")
-    except ValueError:
-        abort(404)
+    # A duplicate upload shows the pictures made for the first copy of the same file.
+    path = current_services().storage.derived_path(study.duplicate_of_id or study.id, kind)
     if not path.exists():
         abort(404)
     return send_file(path, mimetype="image/png", max_age=0)

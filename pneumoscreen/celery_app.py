@@ -1,15 +1,16 @@
-"""The Celery worker's entry point: `celery -A worker.app worker` (or `pneumoscreen worker`)."""
+"""The Celery worker's entry point: `celery -A pneumoscreen.celery_app worker` (or `pneumoscreen worker`)."""
 import logging
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from core.services import services_of
 from pneumoscreen.app import create_app
 from worker.sweeper import start_sweeper
 
 logger = logging.getLogger(__name__)
 
 flask_app = create_app()
-services = flask_app.extensions["pneumoscreen"]
+services = services_of(flask_app)
 celery_app = services.celery
 
 

@@ -1,0 +1,12 @@
+"""Why a film is shown to a person: the one definition of the review-flag reason strings."""
+import enum
+
+
+class FlagReason(enum.StrEnum):
+    """A review-flag reason; the value is what the database, the CSV and the API carry."""
+
+    OUT_OF_SCOPE = "out_of_scope"
+    NEAR_THRESHOLD = "near_threshold"
+    UNCERTAIN = "uncertain"
+    LUNG_CROP_FAILED = "lung_crop_failed"
+    LOW_QUALITY = "low_quality"

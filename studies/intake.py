@@ -1,0 +1,59 @@
+"""Accept what was handed over as a batch: store each good file, record its study, queue the new ones."""
+import logging
+from typing import Iterable
+
+from core.services import Services
+from db.models import Batch, Study, User
+from db.session import audit
+from studies.duplicates import link_duplicates
+from studies.files import Item, expand
+
+logger = logging.getLogger(__name__)
+
+
+def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int,
+                   source: str) -> tuple[Batch | None, list[dict], int]:
+    """Expand uploaded files and zips, then submit them; returns (batch or None, rejected, accepted count)."""
+    items = [item for name, data in uploads for item in expand(name, data)]
+    batch, rejected = submit_batch(services, items, user_id, source)
+    return batch, rejected, len(items) - len(rejected)
+
+
+def submit_batch(services: Services, items: Iterable[Item], user_id: int,
+                 source: str) -> tuple[Batch | None, list[dict]]:
+    """Create a batch of the good items and queue it; returns (batch or None, rejected items)."""
+    rejected, accepted = [], []
+    for item in items:
+        if item.error:
+            rejected.append({"filename": item.name, "error": item.error})
+            continue
+        key, digest = services.storage.put_original(item.data)
+        accepted.append((item, key, digest))
+    if not accepted:
+        return None, rejected
+    with services.sessions.begin() as session:
+        uploader = session.get(User, user_id)
+        batch = Batch(created_by=user_id, source=source,
+                      department_id=uploader.department_id if uploader else None)
+        session.add(batch)
+        session.flush()
+        studies = [_study(batch.id, item, key, digest) for item, key, digest in accepted]
+        session.add_all(studies)
+        session.flush()
+        held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
+        study_ids = [study.id for study in studies if study.id not in held]
+        audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(studies),
+              rejected=len(rejected), source=source)
+    services.enqueue(study_ids)
+    return batch, rejected
+
+
+def _study(batch_id: int, item: Item, key: str, digest: str) -> Study:
+    study = Study(batch_id=batch_id, filename=item.name[:512], storage_key=key, content_sha256=digest)
+    meta = item.meta
+    if meta is not None:  # DICOM header facts; never patient name or id
+        study.study_instance_uid, study.series_instance_uid = meta.study_instance_uid, meta.series_instance_uid
+        study.sop_instance_uid, study.modality = meta.sop_instance_uid, meta.modality
+        study.view_position, study.patient_age = meta.view_position, meta.patient_age
+        study.body_part = meta.body_part
+    return study

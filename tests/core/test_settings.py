@@ -1,0 +1,27 @@
+"""Settings read the environment and nothing else: typed, checked at boot, no side effects."""
+import pytest
+
+from core.settings import ConfigError, Settings, local_secret
+
+
+def test_parsing_writes_nothing(tmp_path):
+    settings = Settings.from_env({"PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var")})
+    assert settings.secret_key is None and not (tmp_path / "var").exists()
+    assert settings.database_url == f"sqlite:///{tmp_path / 'var' / 'pneumoscreen.db'}"
+
+
+def test_the_local_secret_is_made_once_and_kept(tmp_path):
+    first = local_secret(tmp_path / "var")
+    assert len(first) == 64 and local_secret(tmp_path / "var") == first
+    assert (tmp_path / "var" / "secret_key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("value, expected", [("on", True), ("1", True), ("TRUE", True), ("yes", True),
+                                             ("off", False), ("0", False), ("no", False), ("", False)])
+def test_switches_mean_what_they_say(value, expected):
+    assert Settings.from_env({"PNEUMOSCREEN_SECURE_COOKIES": value}).secure_cookies is expected
+
+
+def test_a_switch_that_is_neither_on_nor_off_is_refused():
+    with pytest.raises(ConfigError, match="PNEUMOSCREEN_SECURE_COOKIES must be on or off"):
+        Settings.from_env({"PNEUMOSCREEN_SECURE_COOKIES": "enabled"})

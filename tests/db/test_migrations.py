@@ -1,0 +1,58 @@
+"""Migrations carry existing rows: comma-joined flag reasons (0002) become lists (0003) and back."""
+import uuid
+from datetime import datetime, timezone
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from db.migrate import alembic_config
+from tests.helpers import POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    name = f"pneumoscreen_mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def _flags(engine) -> dict:
+    columns = {column["name"] for column in sa.inspect(engine).get_columns("review_flags")}
+    name = "reasons" if "reasons" in columns else "reason"
+    table = sa.Table("review_flags", sa.MetaData(), autoload_with=engine)
+    with engine.connect() as connection:
+        return dict(connection.execute(sa.select(table.c.id, table.c[name]).order_by(table.c.id)).all())
+
+
+def test_flag_reasons_move_to_a_list_and_back(empty_url):
+    config = alembic_config(empty_url)
+    command.upgrade(config, "0002")
+    engine = sa.create_engine(empty_url)
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO users (id, username, password_hash, role, active, created_at) "
+            "VALUES (1, 'u', '', 'uploader', true, :now)"), {"now": now})
+        connection.execute(sa.text("INSERT INTO batches (id, created_by, source, created_at) "
+                                   "VALUES (1, 1, 'api', :now)"), {"now": now})
+        for study_id in (1, 2):
+            connection.execute(sa.text(
+                "INSERT INTO studies (id, batch_id, filename, content_sha256, storage_key, status, attempts, "
+                "created_at) VALUES (:id, 1, 'f.png', 'x', 'k', 'done', 1, :now)"), {"id": study_id, "now": now})
+        connection.execute(sa.text(
+            "INSERT INTO review_flags (id, study_id, reason, status, created_at) VALUES "
+            "(1, 1, 'out_of_scope,near_threshold', 'open', :now), (2, 2, 'uncertain', 'closed', :now)"),
+            {"now": now})
+    command.upgrade(config, "head")
+    assert _flags(engine) == {1: ["out_of_scope", "near_threshold"], 2: ["uncertain"]}
+    command.downgrade(config, "0002")
+    assert _flags(engine) == {1: "out_of_scope,near_threshold", 2: "uncertain"}
+    engine.dispose()
