@@ -2,16 +2,7 @@
 from datetime import datetime, timezone
 from enum import StrEnum
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Text,
-)
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("uploader", "reviewer", "admin")

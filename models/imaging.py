@@ -23,17 +23,24 @@ def check_image(data: bytes) -> str | None:
         return check_dicom(data)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format not in SUPPORTED_FORMATS:
-                return f"unsupported image format {image.format}; send PNG or JPEG"
-            if image.width * image.height > MAX_PIXELS:
-                return f"image is {image.width}x{image.height} px, over the {MAX_PIXELS:,} pixel limit"
+            _check_header(image)
             if min(image.width, image.height) < MIN_SIDE:
                 return f"image is {image.width}x{image.height} px, too small for a chest film"
             return _check_complete(image)
+    except ImageDecodeError as exc:
+        return str(exc)
     except Image.DecompressionBombError:
         return f"image has too many pixels (over the {MAX_PIXELS:,} pixel limit): refused"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return "not a PNG or JPEG image"
+
+
+def _check_header(image: Image.Image) -> None:
+    """The format and size rules, at the door and in decoding alike; ImageDecodeError names the breach."""
+    if image.format not in SUPPORTED_FORMATS:
+        raise ImageDecodeError(f"unsupported image format {image.format}; send PNG or JPEG")
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageDecodeError(f"image is {image.width}x{image.height} px, over the {MAX_PIXELS:,} pixel limit")
 
 
 def _check_complete(image: Image.Image) -> str | None:
@@ -57,11 +64,7 @@ def decode_image(data: bytes, max_side: int = DECODE_SIDE) -> np.ndarray:
         return _fit(decode_dicom(data), max_side)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format not in SUPPORTED_FORMATS:
-                raise ImageDecodeError(f"unsupported image format {image.format}; send PNG or JPEG")
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageDecodeError(
-                    f"image is {image.width}x{image.height} px, over the {MAX_PIXELS:,} pixel limit")
+            _check_header(image)
             if image.format == "JPEG":
                 # JPEG can decode at 1/2, 1/4, 1/8 scale directly: far faster for full-size films.
                 image.draft("L", (max_side, max_side))

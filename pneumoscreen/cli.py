@@ -19,6 +19,10 @@ SHARED_DATA = PACKAGE_ROOT.parent / "shared" / "data"
 CSV_COLUMNS = ["file", "status", "probability", "prediction", "flagged", "flag_reason", "error"]
 
 
+weights_out = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                           help="Where to save the weights [default: the shipped weights folder].")
+
+
 def _settings() -> Settings:
     try:
         return Settings.from_env()
@@ -128,9 +132,7 @@ def worker() -> None:
     """Run a Celery worker that screens queued studies."""
     settings = _settings()
     _ready_database(settings)
-    from pneumoscreen.celery_app import (
-        celery_app,  # builds the app from the environment
-    )
+    from pneumoscreen.celery_app import celery_app  # builds the app from the environment
 
     celery_app.worker_main(["worker", "--loglevel=INFO", "-Q", QUEUE,
                             "--pool", settings.worker_pool,
@@ -232,8 +234,8 @@ def evaluate(data: Path, as_json: bool) -> None:
     """Screen DATA/NORMAL and DATA/PNEUMONIA; print AUC, accuracy, sensitivity, specificity and flag shares."""
     import json
 
-    from training.evaluate import evaluate_folder, format_report
     from models.screener import Screener
+    from training.evaluate import evaluate_folder, format_report
 
     try:
         metrics = evaluate_folder(data, Screener.load(_settings().weights_dir))
@@ -245,8 +247,7 @@ def evaluate(data: Path, as_json: bool) -> None:
 @main.command("train-segmenter")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=SHARED_DATA / "lung-masks", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to save the weights [default: the shipped weights folder].")
+@weights_out
 @click.option("--epochs", default=6, show_default=True, type=int)
 def train_segmenter(data: Path, out: Path | None, epochs: int) -> None:
     """Train the lung segmenter on image/mask pairs."""
@@ -258,8 +259,7 @@ def train_segmenter(data: Path, out: Path | None, epochs: int) -> None:
 @main.command("train")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=SHARED_DATA / "kermany-train", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to save the weights [default: the shipped weights folder].")
+@weights_out
 @click.option("--epochs", default=16, show_default=True, type=int)
 @click.option("--member", default=0, show_default=True, type=click.IntRange(min=0),
               help="Ensemble member to train: 0 starts a new ensemble, N > 0 adds member N.")

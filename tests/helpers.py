@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from models.reasons import FlagReason
@@ -136,3 +137,11 @@ def wait_until(predicate, what: str, timeout: float = 120, every: float = 0.05):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def http_status(url: str) -> int | None:
+    """The status code of a GET, or None when nothing answers."""
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.ConnectionError:
+        return None

@@ -3,7 +3,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # builds a wheel with pip
 
 
 def test_wheel_contains_everything_the_service_loads(tmp_path):

@@ -1,16 +1,7 @@
 """Admin pages: users and departments, API tokens (issue, revoke), the audit trail and its CSV export."""
 import logging
 
-from flask import (
-    Blueprint,
-    Response,
-    abort,
-    flash,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
@@ -19,13 +10,7 @@ from wtforms import PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
 from core.csvcells import csv_text
-from db.accounts import (
-    create_user,
-    ensure_department,
-    issue_token,
-    revoke_token,
-    set_active,
-)
+from db.accounts import create_user, ensure_department, issue_token, revoke_token, set_active
 from db.models import ROLES, ApiToken, AuditEvent, Department, User
 from db.session import audit
 from web.auth import roles_required

@@ -3,34 +3,13 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from flask import (
-    Blueprint,
-    abort,
-    flash,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
-from flask_login import (
-    LoginManager,
-    UserMixin,
-    current_user,
-    login_required,
-    login_user,
-    logout_user,
-)
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
-from db.accounts import (
-    check_password,
-    login_window,
-    recent_login_failures,
-    user_for_token,
-)
+from db.accounts import check_password, login_window, recent_login_failures, user_for_token
 from db.models import User
 from db.session import audit
 from web.context import db_session

@@ -1,16 +1,7 @@
 """Portal pages for uploaders: upload many files or a zip, watch batches progress, see results."""
 import logging
 
-from flask import (
-    Blueprint,
-    abort,
-    flash,
-    redirect,
-    render_template,
-    request,
-    send_file,
-    url_for,
-)
+from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select
@@ -21,13 +12,7 @@ from db.models import Batch
 from studies.intake import submit_uploads
 from web.auth import roles_required
 from web.context import db_session
-from web.queries import (
-    batch_json,
-    batch_progress,
-    visible_batch,
-    visible_batches,
-    visible_study,
-)
+from web.queries import batch_json, batch_progress, visible_batch, visible_batches, visible_study
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__)

@@ -9,16 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
 from core.services import current_services
-from db.models import (
-    FINISHED,
-    UNFINISHED,
-    Prediction,
-    ReviewFlag,
-    Study,
-    StudyStatus,
-    as_utc,
-    utcnow,
-)
+from db.models import FINISHED, UNFINISHED, Prediction, ReviewFlag, Study, StudyStatus, as_utc, utcnow
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)

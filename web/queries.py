@@ -5,15 +5,7 @@ from flask_login import current_user
 from sqlalchemy import func, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import (
-    FINISHED,
-    Batch,
-    FlagStatus,
-    Prediction,
-    ReviewFlag,
-    Study,
-    StudyStatus,
-)
+from db.models import FINISHED, Batch, FlagStatus, Prediction, ReviewFlag, Study, StudyStatus
 
 logger = logging.getLogger(__name__)
 

@@ -10,15 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.storage import Storage
-from db.models import (
-    FINISHED,
-    UNFINISHED,
-    Prediction,
-    ReviewFlag,
-    Study,
-    StudyStatus,
-    utcnow,
-)
+from db.models import FINISHED, UNFINISHED, Prediction, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
 from models.heatmap import heatmap_png
 from models.imaging import ImageDecodeError, decode_image, to_png

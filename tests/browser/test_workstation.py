@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.cli.test_up import _free_port, _get, _wait
-from tests.helpers import REPO, data_dir, sample_films, zip_bytes
+from tests.helpers import REPO, chest_films, free_port, http_status, wait_until, zip_bytes
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -22,14 +21,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = REPO / "test-output"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="no /usr/bin/chromium: `apt-get install -y chromium` (see .ci/run)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(),
+                                 reason="no /usr/bin/chromium: `apt-get install -y chromium` (see .ci/run)")]
 
 
 @pytest.fixture
 def portal(tmp_path, tiny_weights):
     """`pneumoscreen up` on a free port: yields (base url, admin password); Ctrl-C at the end."""
-    port = _free_port()
+    port = free_port()
     env = {"PATH": "/usr/bin:/bin", "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"),
            "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights), "PNEUMOSCREEN_BATCH_SIZE": "4"}
     process = subprocess.Popen([sys.executable, "-m", "pneumoscreen", "up", "--port", str(port)], cwd=tmp_path,
@@ -38,8 +38,8 @@ def portal(tmp_path, tiny_weights):
     threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
     base = f"http://127.0.0.1:{port}"
     try:
-        password = _wait(lambda: re.search(r"user 'admin' with password (\S+)", "".join(output)), 60, "admin")[1]
-        _wait(lambda: _get(f"{base}/healthz") == 200, 60, "the portal")
+        password = wait_until(lambda: re.search(r"user 'admin' with password (\S+)", "".join(output)), "admin", 60, 0.5)[1]
+        wait_until(lambda: http_status(f"{base}/healthz") == 200, "the portal", 60, 0.5)
         yield base, password
     finally:
         process.send_signal(signal.SIGINT)
@@ -50,8 +50,8 @@ def test_reviewer_uploads_watches_progress_and_decides_by_key(portal, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     base, password = portal
-    films = {path.name: path.read_bytes() for path in sample_films("NORMAL", 3) + sample_films("PNEUMONIA", 3)}
-    films["chest-cr.dcm"] = (data_dir("dicom") / "CR-MONO1-10-chest.dcm").read_bytes()
+    films = chest_films(normal=3, pneumonia=3)
+    films["chest-cr.dcm"] = to_bytes(dataset(chest_pixels(512, 440)))
     films["lateral-only.dcm"] = to_bytes(dataset(chest_pixels(), view="LL"))  # out_of_scope: flagged for sure
     upload = tmp_path / "films.zip"
     upload.write_bytes(zip_bytes(films))
@@ -73,9 +73,9 @@ def test_reviewer_uploads_watches_progress_and_decides_by_key(portal, tmp_path):
         expect(page.locator(".summary .done")).to_have_text(str(len(films)))
         page.screenshot(path=str(SHOTS / "browser-1-batch-done.png"), full_page=True)
 
-        # The real CR film when the tiny model flagged it; the lateral-only film is flagged out_of_scope for sure.
-        real = page.locator("tr", has_text="chest-cr.dcm").locator("td.flag a")
-        flagged = real if real.count() else page.locator("td.flag a", has_text="out_of_scope").first
+        # The frontal CR film when the tiny model flagged it; the lateral-only film is flagged out_of_scope for sure.
+        frontal = page.locator("tr", has_text="chest-cr.dcm").locator("td.flag a")
+        flagged = frontal if frontal.count() else page.locator("td.flag a", has_text="out_of_scope").first
         study_url = flagged.get_attribute("href")
         flagged.click()
         expect(page.locator("#workstation")).to_have_attribute("data-ready", "1")

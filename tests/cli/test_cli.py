@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from pneumoscreen.cli import CSV_COLUMNS, main
-from tests.helpers import REPO, sample_films, zip_bytes
+from tests.helpers import REPO, chest_films, zip_bytes
 
 
 @pytest.fixture
@@ -26,10 +26,10 @@ def test_screen_a_folder_recursively_with_a_corrupt_file(tmp_path, env):
     folder = tmp_path / "films"
     (folder / "NORMAL").mkdir(parents=True)
     (folder / "PNEUMONIA").mkdir()
-    for path in sample_films("NORMAL", 2):
-        (folder / "NORMAL" / path.name).write_bytes(path.read_bytes())
-    for path in sample_films("PNEUMONIA", 2):
-        (folder / "PNEUMONIA" / path.name).write_bytes(path.read_bytes())
+    normal, pneumonia = chest_films(normal=2), chest_films(normal=0, pneumonia=2)
+    for label, films in (("NORMAL", normal), ("PNEUMONIA", pneumonia)):
+        for name, data in films.items():
+            (folder / label / name).write_bytes(data)
     (folder / "PNEUMONIA" / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 50)
     out = tmp_path / "results.csv"
 
@@ -42,17 +42,17 @@ def test_screen_a_folder_recursively_with_a_corrupt_file(tmp_path, env):
     by_file = {row["file"]: row for row in rows}
     corrupt = by_file[str(folder / "PNEUMONIA" / "corrupt.jpeg")]
     assert corrupt["status"] == "error" and corrupt["error"]
-    for path in sample_films("NORMAL", 2):
-        row = by_file[str(folder / "NORMAL" / path.name)]
+    for name in normal:
+        row = by_file[str(folder / "NORMAL" / name)]
         assert row["status"] == "done" and row["prediction"] in ("NORMAL", "PNEUMONIA")
         assert 0 <= float(row["probability"]) <= 1 and row["flagged"] in ("true", "false")
     assert "5 images" in result.output and "4 done, 1 error" in result.output
 
 
 def test_screen_a_zip_and_a_missing_path_to_stdout(tmp_path, env):
-    films = sample_films("PNEUMONIA", 2)
+    films = chest_films(normal=0, pneumonia=2)
     archive = tmp_path / "batch.zip"
-    archive.write_bytes(zip_bytes({f"scans/{p.name}": p.read_bytes() for p in films}
+    archive.write_bytes(zip_bytes({f"scans/{name}": data for name, data in films.items()}
                                   | {"scans/readme.txt": b"not an image", "inner.zip": zip_bytes({})}))
 
     result = CliRunner().invoke(main, ["screen", str(archive), str(tmp_path / "nope")], env=env)
@@ -60,7 +60,7 @@ def test_screen_a_zip_and_a_missing_path_to_stdout(tmp_path, env):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     by_file = {row["file"]: row for row in rows}
-    assert {by_file[f"{archive}/scans/{p.name}"]["status"] for p in films} == {"done"}
+    assert {by_file[f"{archive}/scans/{name}"]["status"] for name in films} == {"done"}
     assert by_file[f"{archive}/scans/readme.txt"]["error"] == "not a PNG or JPEG image"
     assert "nested zip" in by_file[f"{archive}/inner.zip"]["error"]
     assert by_file[str(tmp_path / "nope")]["error"] == "no such file or folder"

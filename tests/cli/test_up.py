@@ -1,35 +1,20 @@
 """`pneumoscreen up` on the embedded default: no Redis, no PostgreSQL; start, upload, results, Ctrl-C."""
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 
+import pytest
 import requests
 
-from tests.helpers import sample_films
+from tests.helpers import chest_films, free_port, http_status, wait_until
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+pytestmark = pytest.mark.slow  # a real `pneumoscreen up` process: portal, worker, TensorFlow start-up
 
 
 def test_up_serves_portal_and_worker_then_stops_on_ctrl_c(tmp_path, tiny_weights):
-    port = _free_port()
+    port = free_port()
     env = {"PATH": "/usr/bin:/bin", "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"),
            "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights), "PNEUMOSCREEN_BATCH_SIZE": "4"}
     process = subprocess.Popen([sys.executable, "-m", "pneumoscreen", "up", "--port", str(port)],
@@ -39,16 +24,16 @@ def test_up_serves_portal_and_worker_then_stops_on_ctrl_c(tmp_path, tiny_weights
     threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
     base = f"http://127.0.0.1:{port}"
     try:
-        token = _wait(lambda: re.search(r"API token (psk_\S+)", "".join(output)), 60, "the admin token")[1]
+        token = wait_until(lambda: re.search(r"API token (psk_\S+)", "".join(output)), "the admin token", 60, 0.5)[1]
         password = re.search(r"user 'admin' with password (\S+)", "".join(output))[1]
-        _wait(lambda: _get(f"{base}/healthz") == 200, 60, "the portal")
+        wait_until(lambda: http_status(f"{base}/healthz") == 200, "the portal", 60, 0.5)
 
-        films = sample_films("NORMAL", 3) + sample_films("PNEUMONIA", 3)
+        films = chest_films(normal=3, pneumonia=3)
         response = requests.post(f"{base}/api/v1/batches", headers={"Authorization": f"Bearer {token}"},
-                                 files=[("files", (p.name, p.read_bytes())) for p in films], timeout=30)
+                                 files=[("files", item) for item in films.items()], timeout=30)
         assert response.status_code == 202, response.text
         batch_url = f"{base}/api/v1/batches/{response.json()['id']}"
-        batch = _wait(lambda: _done(batch_url, token), 120, "the batch to finish")
+        batch = wait_until(lambda: _done(batch_url, token), "the batch to finish", 120, 0.5)
         assert batch["done"] == 6 and batch["failed"] == 0
         assert all(s["prediction"] in ("NORMAL", "PNEUMONIA") and s["model_version"] for s in batch["studies"])
 
@@ -63,14 +48,7 @@ def test_up_serves_portal_and_worker_then_stops_on_ctrl_c(tmp_path, tiny_weights
         code = process.wait(timeout=60)
     assert code == 0, "".join(output)[-3000:]
     assert "pneumoscreen stopped" in "".join(output)
-    assert _get(f"{base}/healthz") is None
-
-
-def _get(url: str) -> int | None:
-    try:
-        return requests.get(url, timeout=5).status_code
-    except requests.ConnectionError:
-        return None
+    assert http_status(f"{base}/healthz") is None
 
 
 def _done(url: str, token: str) -> dict | None:

@@ -1,26 +1,30 @@
-"""Training for real on a few films: train_classifier alone leaves the ensemble uncalibrated, train_member
+"""Training for real on a few made films: train_classifier alone leaves the ensemble uncalibrated, train_member
 (what `python -m training --classifier` and `pneumoscreen train` run) adds a member and recalibrates."""
 import hashlib
 import json
 import shutil
 
 import numpy as np
+import pytest
 
 from models.calibration import Calibration
 from models.imaging import decode_image
 from models.screener import Screener
 from training.classifier import ensemble_version, train_classifier
 from training.commands import train_member
+from tests.helpers import chest_films
+
+pytestmark = pytest.mark.slow  # trains for real, if only an epoch
 
 PER_CLASS = 14
 
 
-def test_train_classifier_then_train_member_recalibrates(tmp_path, data_dir, tiny_bundle):
+def test_train_classifier_then_train_member_recalibrates(tmp_path, tiny_bundle):
     data = tmp_path / "data"
-    for label in ("NORMAL", "PNEUMONIA"):
+    for label, films in (("NORMAL", chest_films(normal=PER_CLASS)), ("PNEUMONIA", chest_films(0, PER_CLASS))):
         (data / label).mkdir(parents=True)
-        for path in sorted((data_dir / "kermany-train" / label).glob("*.jpeg"))[:PER_CLASS]:
-            (data / label / path.name).symlink_to(path)
+        for name, content in films.items():
+            (data / label / name).write_bytes(content)
     out = tmp_path / "weights"
     out.mkdir()
     for name in ("segmenter.keras", "segmenter.json", "scope.npz"):

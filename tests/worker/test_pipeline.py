@@ -1,11 +1,12 @@
-"""The pipeline without a broker: run_batch on real images, bad files, reruns; both databases."""
+"""The pipeline without a broker: run_batch on made films, bad files, reruns, flags; both databases."""
 import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 from core.services import services_of
 from db.models import AuditEvent, Batch, Prediction, ReviewFlag, Study, User
-from tests.helpers import png_bytes, sample_films
+from models.reasons import FlagReason
+from tests.helpers import chest_film, chest_films, png_bytes
 from worker import pipeline
 
 
@@ -33,7 +34,7 @@ def _add_studies(services, blobs: dict[str, bytes]) -> list[int]:
 
 
 def test_run_batch_stores_results_errors_and_pictures(services):
-    films = {path.name: path.read_bytes() for path in sample_films("PNEUMONIA", 3)}
+    films = chest_films(normal=2, pneumonia=1)
     wide = png_bytes((np.random.default_rng(0).random((300, 700)) * 65535).astype(np.uint16))
     ids = _add_studies(services, {**films, "wide16.png": wide, "broken.jpeg": films[next(iter(films))][:300]})
     screener = pipeline.load_screener(services.settings.weights_dir)
@@ -53,15 +54,33 @@ def test_run_batch_stores_results_errors_and_pictures(services):
             assert study.prediction.prediction in ("PNEUMONIA", "NORMAL")
             for kind in ("thumb", "view", "crop"):
                 assert services.storage.path(f"derived/{study.id}/{kind}.png").stat().st_size > 100
-        flagged = session.scalars(select(ReviewFlag)).all()
-        for flag in flagged:
-            assert flag.reasons and flag.study.prediction.prediction == "NORMAL"
+        # Whatever the untrained model flags is stored with valid reasons and audited, one event a flag.
+        flags = session.scalars(select(ReviewFlag)).all()
+        assert all(flag.reasons and set(flag.reasons) <= set(FlagReason) for flag in flags)
+        flag_events = session.scalars(select(AuditEvent.object_id).where(AuditEvent.action == "study.flag")).all()
+        assert sorted(flag_events) == sorted(flag.study_id for flag in flags)
         actions = session.scalars(select(AuditEvent.action)).all()
         assert actions.count("study.result") == 4 and actions.count("study.error") == 1
 
 
+def test_flags_come_from_the_findings_and_are_audited(services, stub_screener):
+    ids = dict(zip(["normal-0.jpeg", "normal-1.jpeg", "pneumonia-0.jpeg"],
+                   _add_studies(services, chest_films(normal=2, pneumonia=1))))
+
+    assert pipeline.run_batch(services.sessions, services.storage, stub_screener, list(ids.values()))["done"] == 3
+
+    with services.sessions() as session:
+        flags = dict(session.execute(select(ReviewFlag.study_id, ReviewFlag.reasons)).all())
+        assert flags == {ids["normal-0.jpeg"]: ["near_threshold"], ids["normal-1.jpeg"]: ["near_threshold"]}
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "study.flag")).all()
+        assert {event.object_id: event.detail["reasons"] for event in events} == flags
+        pneumonia = session.get(Study, ids["pneumonia-0.jpeg"])
+        assert pneumonia.flag is None and pneumonia.prediction.prediction == "PNEUMONIA"
+        assert pneumonia.prediction.model_version == stub_screener.version
+
+
 def test_running_a_batch_twice_adds_nothing(services):
-    ids = _add_studies(services, {p.name: p.read_bytes() for p in sample_films("NORMAL", 2)})
+    ids = _add_studies(services, chest_films(normal=2))
     screener = pipeline.load_screener(services.settings.weights_dir)
     pipeline.run_batch(services.sessions, services.storage, screener, ids)
 
@@ -73,7 +92,7 @@ def test_running_a_batch_twice_adds_nothing(services):
 
 
 def test_a_study_that_keeps_crashing_workers_ends_in_error(services):
-    ids = _add_studies(services, {p.name: p.read_bytes() for p in sample_films("NORMAL", 1)})
+    ids = _add_studies(services, {"film.jpeg": chest_film()})
     with services.sessions.begin() as session:
         session.get(Study, ids[0]).attempts = pipeline.MAX_ATTEMPTS
     screener = pipeline.load_screener(services.settings.weights_dir)
@@ -86,7 +105,7 @@ def test_a_study_that_keeps_crashing_workers_ends_in_error(services):
 
 
 def test_missing_stored_file_is_an_error_not_a_crash(services):
-    ids = _add_studies(services, {p.name: p.read_bytes() for p in sample_films("NORMAL", 2)})
+    ids = _add_studies(services, chest_films(normal=2))
     with services.sessions() as session:
         services.storage.path(session.get(Study, ids[0]).storage_key).unlink()
     screener = pipeline.load_screener(services.settings.weights_dir)
