@@ -6,7 +6,11 @@ Two signals, each scaled so that 1.0 is its limit, fitted on the training crops:
 - image statistics: robust z-scores of a few film, crop and lung-mask statistics (brightness,
   contrast, mask area and confidence, lungs darker than their surround, texture, saturation),
   each over its own limit; the largest counts.
-The score is the larger of the two; a film scoring >= 1 is flagged FlagReason.OUT_OF_SCOPE (models/flags.py).
+- learned: a logistic regression over the same pooled features and statistics, fitted against real
+  out-of-scope films (adult frontal chests from many hospitals, laterals, other body parts; see
+  training/gate.py), as exp(logit - limit): the odds of "out of scope" over the odds at its limit.
+The score is the largest of the three; a film scoring >= 1 is flagged FlagReason.OUT_OF_SCOPE
+(models/flags.py). Gates saved before the learned part have none (its score reads 0).
 """
 import logging
 from dataclasses import dataclass
@@ -50,16 +54,37 @@ class ScopeModel:
     stat_center: np.ndarray  # (S,) medians of STATS
     stat_scale: np.ndarray   # (S,) robust standard deviations of STATS
     stat_limit: np.ndarray   # (S,) |z| of each statistic scaled to 1.0
+    gate_weights: np.ndarray | None = None  # (D + S,) learned logistic weights on [features, stats]
+    gate_bias: float = 0.0
+    gate_limit: float = 0.0  # logit at which the learned score is 1.0
 
-    def scores(self, features: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-image feature score, statistics score and the combined scope score."""
+    def statistic_scores(self, features: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
+        """Feature-distance and image-statistic scores, and the larger of the two."""
         feature = feature_distance(self, features) / self.feature_limit
         stat = (np.abs((stats - self.stat_center) / self.stat_scale) / self.stat_limit).max(axis=1)
         return {"feature": feature, "stats": stat, "score": np.maximum(feature, stat)}
 
+    def learned_logit(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """Log-odds of "out of scope" from the learned gate; -inf without one."""
+        if self.gate_weights is None:
+            return np.full(len(features), -np.inf)
+        inputs = np.hstack([features, stats]).astype(np.float64)
+        if inputs.shape[1] != len(self.gate_weights):
+            raise ValueError(f"the learned gate expects {len(self.gate_weights)} features + statistics, got "
+                             f"{inputs.shape[1]}: scope.npz was fitted on another ensemble (rerun "
+                             "`python -m training --recalibrate`)")
+        return inputs @ self.gate_weights + self.gate_bias
+
+    def scores(self, features: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-image feature, statistics and learned scores and the combined scope score (the largest)."""
+        scores = self.statistic_scores(features, stats)
+        learned = np.exp(np.clip(self.learned_logit(features, stats) - self.gate_limit, -50, 50))
+        return {**scores, "learned": learned, "score": np.maximum(scores["score"], learned)}
+
     def save(self, path: Path) -> None:
         """Write the parameters to an .npz file."""
-        np.savez_compressed(path, **{k: np.asarray(v, np.float32) for k, v in self.__dict__.items()})
+        np.savez_compressed(path, **{k: np.asarray(v, np.float32) for k, v in self.__dict__.items()
+                                     if v is not None})
 
     @classmethod
     def load(cls, path: Path) -> "ScopeModel":

@@ -264,7 +264,10 @@ def train_segmenter(data: Path, out: Path | None, epochs: int) -> None:
 @click.option("--member", default=0, show_default=True, type=click.IntRange(min=0),
               help="Ensemble member to train: 0 starts a new ensemble, N > 0 adds member N.")
 def train(data: Path, out: Path | None, epochs: int, member: int) -> None:
-    """Train one classifier (ensemble member) on lung crops, then recalibrate the ensemble (needs the segmenter in --out)."""
+    """Train one classifier (ensemble member) on lung crops, then recalibrate the ensemble.
+
+    Needs the segmenter in --out.
+    """
     from training.commands import train_member
 
     out = out or _settings().weights_dir

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from core.csvcells import safe_cell
 from core.settings import Settings
+from models.reasons import FlagReason
 from studies.files import Item, walk
-from studies.scope import OUT_OF_SCOPE, in_scope
+from studies.scope import in_scope
 from worker.pipeline import Outcome, load_screener, screen_files
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,6 @@ def _row(item: Item, outcome: Outcome | None) -> list[str]:
     meta = item.meta
     if meta is not None and not in_scope(meta.modality, meta.patient_age, meta.view_position):
         # As in the worker, but file by file: no grouping into DICOM studies here.
-        reasons = [OUT_OF_SCOPE]
+        reasons = [FlagReason.OUT_OF_SCOPE.value]
     return [safe_cell(item.name), "done", f"{finding.probability:.4f}", finding.prediction,
             str(bool(reasons)).lower(), ",".join(reasons), ""]

@@ -5,7 +5,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import UNFINISHED, Study, StudyStatus
-from studies.scope import OUT_OF_SCOPE, readable
+from models.reasons import FlagReason
+from studies.scope import readable
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def study_result(session: Session, study: Study) -> dict:
     if not frontal:
         candidates = [image for image in images if readable(image)]
         if not candidates:
-            scope = OUT_OF_SCOPE
+            scope = FlagReason.OUT_OF_SCOPE.value
         elif any(image.status in UNFINISHED for image in candidates):
             scope = "pending"
         else:

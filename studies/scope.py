@@ -1,10 +1,10 @@
-"""Scope: which images the model may be trusted on, by their DICOM header (radiographs of children, frontal views).
+"""Scope: which images the model may be trusted on, by their DICOM header (children's frontal radiographs).
 
 One `studies` row is one image. DICOM images group into a radiology study by StudyInstanceUID.
-Scope is decided when a result is recorded (`scope_flag`): every image gets the model's result
+Scope is decided when a result is recorded (`scope_reasons`): every image gets the model's result
 stored, and an image the model must not be trusted on is flagged `out_of_scope` for a person:
-a non-radiograph modality, an adult patient, or a non-frontal view in a study with no frontal image. A lateral
-next to a frontal film is not flagged: the study's result comes from its frontal images, which
+a non-radiograph modality, an adult patient, or a non-frontal view in a study with no frontal image.
+A lateral next to a frontal film is not flagged: the study's result comes from its frontal images, which
 `studies.results.study_result` computes when it is read (the highest frontal probability decides).
 """
 import logging
@@ -17,7 +17,6 @@ from models.reasons import FlagReason
 
 logger = logging.getLogger(__name__)
 
-OUT_OF_SCOPE = FlagReason.OUT_OF_SCOPE
 # Projection radiography: computed, digital, and digitized film. CT, MR, US... are not chest films.
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG"}
 FRONTAL_VIEWS = {"PA", "AP"}
@@ -79,12 +78,12 @@ def header_causes(modality: str | None, patient_age: str | None, view_position: 
 def scope_reasons(session: Session, study: Study, model_reasons: list[FlagReason]) -> list[FlagReason]:
     """The flag reasons to record for this image: out_of_scope by its header, the model's own, or []."""
     if not header_in_scope(study.modality, study.patient_age):
-        return [OUT_OF_SCOPE]
+        return [FlagReason.OUT_OF_SCOPE]
     if is_frontal(study.view_position):
         return list(model_reasons)
     if _has_frontal_sibling(session, study):
         return []  # the study's frontal images speak for it
-    return [OUT_OF_SCOPE]
+    return [FlagReason.OUT_OF_SCOPE]
 
 
 def _has_frontal_sibling(session: Session, study: Study) -> bool:

@@ -2,7 +2,6 @@
 
 Plain helpers (made films, the stub screener, login, free ports) live in tests/helpers.py.
 """
-import os
 import uuid
 from pathlib import Path
 
@@ -12,9 +11,7 @@ import pytest
 from core.services import services_of
 from core.settings import Settings
 from db.migrate import upgrade
-from tests.helpers import StubScreener
-
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from tests.helpers import POSTGRES_URL, StubScreener
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 `python -m training --recalibrate --data DIR --out WEIGHTS` runs the serving path
 (`Screener.run`) over every training film, then rewrites classifier.json's calibration, threshold,
 flag policy and validation figures and writes scope.npz; the .keras weights are not touched.
+The learned part of the gate (training/gate.py) is fitted against the real out-of-scope films in
+`<data>/../scope` when that folder is there, and skipped with a warning when it is not.
 """
 import datetime as dt
 import json
@@ -19,6 +21,7 @@ from models.scope import STATS, fit_scope
 from models.screener import BatchOutput, Screener
 from training.data import list_images, load_films, patient_split
 from training.evaluate import binary_metrics
+from training.gate import DRESSINGS, HOLDOUT_SHARE, MAX_VAL_FLAG_SHARE, fit_gate, gate_material
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +101,11 @@ def robustness(screener: Screener, films: np.ndarray, labels: np.ndarray, calibr
     return table
 
 
-def recalibrate(data_dir: Path, weights_dir: Path, command: str) -> dict:
-    """Refit calibration, threshold, flag policy and scope gate; rewrite classifier.json, write scope.npz."""
+def recalibrate(data_dir: Path, weights_dir: Path, command: str, scope_dir: Path | None = None) -> dict:
+    """Refit calibration, threshold, flag policy and scope gate; rewrite classifier.json, write scope.npz.
+
+    scope_dir holds the out-of-scope films for the learned gate (default: `<data_dir>/../scope`).
+    """
     started = time.monotonic()
     weights_dir = Path(weights_dir)
     screener = Screener.load(weights_dir, with_scope=False)
@@ -115,6 +121,23 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str) -> dict:
     probs = calibration(val_out.logit)
     threshold = choose_threshold(probs, y_val, TARGET_SENSITIVITY)
     scope = fit_scope(train_out.features, labels[train], train_out.stats)
+    scope_dir = Path(scope_dir) if scope_dir else Path(data_dir).parent / "scope"
+    learned = None
+    if (scope_dir / "manifest.csv").is_file():
+        rows = gate_material(screener, films, out.features, out.stats, train, val, scope_dir)
+        scope, report = fit_gate(scope, rows, train, val, labels)
+        fit_films = len(rows["scope_groups"]) - int(round(len(rows["scope_groups"]) * HOLDOUT_SHARE))
+        learned = {"fitted_on": f"{len(train)} training-split films and as many dressed copies against "
+                                f"~{fit_films} films of {scope_dir.name}/ (70% of each group) and dressed copies",
+                   "dressings": list(DRESSINGS),
+                   "limit": round(scope.gate_limit, 4),
+                   "limit_rule": f"lowest learned limit keeping the whole gate's flags on <= {MAX_VAL_FLAG_SHARE:.1%} "
+                                 "of validation films, undressed and under every dressing, pooled",
+                   "validation_flags": report}
+        del rows
+    else:
+        logger.warning("no out-of-scope films at %s (manifest.csv): the learned gate is skipped, scope.npz "
+                       "holds the statistics gate only", scope_dir)
     scope.save(weights_dir / "scope.npz")
     screener.scope = scope
     stats = train_out.stats
@@ -143,9 +166,10 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str) -> dict:
                             "tails of the training crops",
         "scope": {"file": "scope.npz", "fitted_on": f"{len(train)} training-split films",
                   "rule": "score = max(feature distance / its 99.5th, each statistic |z| / its 99.9th training "
-                          "percentile (mask area: 99.5th)); "
+                          "percentile (mask area: 99.5th), learned odds / odds at its limit); "
                           "out_of_scope when >= 1",
-                  "val_false_flag_share": round(float((val_scope >= 1).mean()), 4)},
+                  "val_false_flag_share": round(float((val_scope >= 1).mean()), 4),
+                  "learned": learned},
         "validation": {**binary_metrics(probs, y_val, threshold), "at_0.5": binary_metrics(probs, y_val, 0.5),
                        "flags": shares},
         "recalibrated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -50,7 +50,8 @@ def users():
     form = UserForm()
     if form.validate_on_submit():
         try:
-            department = ensure_department(db_session(), form.department.data, current_user.id) if form.department.data else None
+            department = (ensure_department(db_session(), form.department.data, current_user.id)
+                          if form.department.data else None)
             create_user(db_session(), form.username.data, form.role.data, form.password.data or None,
                         actor_id=current_user.id, department_id=department.id if department else None)
         except ValueError as exc:
@@ -90,7 +91,8 @@ def tokens():
         user = db_session().get(User, form.user_id.data)
         issued = issue_token(db_session(), user, form.name.data, actor_id=current_user.id)
         db_session().commit()
-    rows = db_session().scalars(select(ApiToken).options(selectinload(ApiToken.user)).order_by(ApiToken.id.desc())).all()
+    rows = db_session().scalars(
+        select(ApiToken).options(selectinload(ApiToken.user)).order_by(ApiToken.id.desc())).all()
     return render_template("admin_tokens.html", form=form, tokens=rows, issued=issued, action=ActionForm())
 
 

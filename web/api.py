@@ -5,6 +5,7 @@ from flask import Blueprint, jsonify, request
 from flask_login import current_user
 
 from core.services import current_services
+from db.models import StudyStatus
 from studies.intake import submit_uploads
 from studies.reviews import record_decision
 from web.auth import roles_required
@@ -36,7 +37,7 @@ def create_batch():
         current_services(), [(f.filename or "unnamed", f.read()) for f in files], current_user.id, "api")
     if batch is None:
         return jsonify(id=None, status="rejected", total=0, rejected=rejected), 422
-    return jsonify(id=batch.id, status="queued", total=accepted, rejected=rejected), 202
+    return jsonify(id=batch.id, status=StudyStatus.QUEUED, total=accepted, rejected=rejected), 202
 
 
 @bp.get("/batches/<int:batch_id>")

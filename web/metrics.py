@@ -58,7 +58,7 @@ class DatabaseCollector:
         for name, version, count in by_model:
             results.add_metric([name, version], count)
         yield results
-        flagged = CounterMetricFamily("pneumoscreen_flags", "Review flags by reason and state (a flag with two reasons counts under each)",
+        flagged = CounterMetricFamily("pneumoscreen_flags", "Review flags by reason and state (one per reason)",
                                       labels=["reason", "state"])
         for (reason, state), count in sorted(flags.items()):
             flagged.add_metric([reason, state], count)

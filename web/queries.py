@@ -55,7 +55,8 @@ def _summary(counts: dict) -> dict:
         status = StudyStatus.RUNNING
     else:
         status = StudyStatus.QUEUED
-    return {"status": status.value, "total": total, "done": counts[StudyStatus.DONE], "failed": counts[StudyStatus.ERROR],
+    return {"status": status.value, "total": total, "done": counts[StudyStatus.DONE],
+            "failed": counts[StudyStatus.ERROR],
             "percent": round(100 * finished / total) if total else 100}
 
 

@@ -29,7 +29,8 @@ def requeue_stale(services: Services, queued_older_than_s: int | None = None,
     last_touched = func.coalesce(Study.started_at, Study.created_at)
     with services.sessions.begin() as session:
         originals = session.scalars(select(Study.duplicate_of_id).distinct().where(
-            Study.duplicate_of_id.is_not(None), Study.status == StudyStatus.QUEUED, Study.created_at < queued_cutoff)).all()
+            Study.duplicate_of_id.is_not(None), Study.status == StudyStatus.QUEUED,
+            Study.created_at < queued_cutoff)).all()
         if originals:
             resolve_duplicates(session, list(originals))
         # A running study whose worker died: its message sits unacknowledged until the visibility

@@ -1,4 +1,6 @@
-"""Thin Celery tasks: names and retries (acks and prefetch are the Celery app's settings). The work is in worker.pipeline."""
+"""Thin Celery tasks: names and retries (acks and prefetch are the Celery app's settings).
+
+The work is in worker.pipeline."""
 import logging
 
 from celery import shared_task

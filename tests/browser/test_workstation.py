@@ -11,10 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.helpers import REPO, chest_films, free_port, http_status, wait_until, zip_bytes
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from tests.helpers import REPO, chest_films, free_port, http_status, wait_until, zip_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

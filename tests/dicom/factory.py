@@ -5,12 +5,7 @@ import struct
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLosslessSV1,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, generate_uid
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 SECRET_NAME, SECRET_ID = "SECRETPATIENT^JANE", "MRN-93842211"

@@ -5,8 +5,8 @@ from db.models import ReviewFlag, Study
 from models.dicom import header_meta
 from studies.reviews import explain_flag
 from studies.scope import age_years, readable, scope_reasons
-from tests.helpers import data_dir
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from tests.helpers import data_dir
 
 
 @pytest.mark.parametrize("value,years", [("004Y", 4), ("018M", 1.5), ("052W", 52 / 52.18), ("010D", 10 / 365.25),

@@ -6,16 +6,8 @@ from pydicom.dataset import Dataset
 from models.dicom import check_dicom, decode_dicom, header_meta, is_dicom
 from models.imaging import ImageDecodeError, check_image, decode_image, to_png
 from studies.files import expand
+from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k, jpeg_lossless, to_bytes
 from tests.helpers import REPO, data_dir, zip_bytes
-from tests.dicom.factory import (
-    SECRET_ID,
-    SECRET_NAME,
-    chest_pixels,
-    dataset,
-    j2k,
-    jpeg_lossless,
-    to_bytes,
-)
 
 OUT = REPO / "test-output"
 

@@ -11,16 +11,8 @@ from sqlalchemy import select
 from core.services import services_of
 from db.models import Study
 from studies.results import study_result
+from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k, jpeg_lossless, to_bytes
 from tests.helpers import bearer, zip_bytes
-from tests.dicom.factory import (
-    SECRET_ID,
-    SECRET_NAME,
-    chest_pixels,
-    dataset,
-    j2k,
-    jpeg_lossless,
-    to_bytes,
-)
 from worker import pipeline
 
 

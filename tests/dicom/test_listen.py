@@ -1,6 +1,5 @@
 """DICOM network receive: pynetdicom as the sending modality; C-ECHO, C-STORE, quiet-time study completion."""
 import logging
-import socket
 import time
 
 import pytest
@@ -13,18 +12,13 @@ from core.services import services_of
 from db.models import Batch, Study
 from pneumoscreen.dicom_listen import Listener
 from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import free_port
 
 
 @pytest.fixture
 def listener(app):
     services = services_of(app)
-    scp = Listener(services, "PNEUMOTEST", _free_port(), "127.0.0.1", quiet_s=1)
+    scp = Listener(services, "PNEUMOTEST", free_port(), "127.0.0.1", quiet_s=1)
     scp.start(block=False)
     yield scp
     scp.stop()

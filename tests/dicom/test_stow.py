@@ -5,8 +5,8 @@ from sqlalchemy import select
 
 from core.services import services_of
 from db.models import Study
-from tests.helpers import bearer
 from tests.dicom.factory import chest_pixels, dataset, j2k, to_bytes
+from tests.helpers import bearer
 
 REFERENCED, FAILED, FAILURE_REASON = "00081199", "00081198", "00081197"
 SOP_INSTANCE = "00081155"

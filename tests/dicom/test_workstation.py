@@ -1,20 +1,14 @@
 """The review page as a workstation: viewer, decision keys, heatmap overlay only when the model made one."""
-import re
 
 from sqlalchemy import select
 
 from core.services import services_of
 from db.models import Study
 from models.imaging import to_png
-from tests.helpers import bearer
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.dicom.test_stow import _post
+from tests.helpers import bearer, login
 from worker import pipeline
-
-
-def _login(client, username: str, password: str):
-    token = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', client.get("/login").data)[1].decode()
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": token})
 
 
 def test_review_page_heatmap_toggle_and_keys(app, users):
@@ -26,7 +20,7 @@ def test_review_page_heatmap_toggle_and_keys(app, users):
         study_id = session.scalars(select(Study.id)).one()
     pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir),
                        [study_id])
-    _login(client, "reviewer", "reviewer-password")
+    login(client, "reviewer", "reviewer-password")
     page = client.get(f"/review/{study_id}").get_data(as_text=True)
     assert 'id="workstation"' in page and "viewer.js" in page and 'data-key="p"' in page
     assert "out_of_scope" in page and "heatmap-toggle" in page  # the pipeline stores a Grad-CAM overlay

@@ -2,10 +2,8 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -18,16 +16,18 @@ from core.settings import Settings
 from db.migrate import upgrade
 from db.models import Prediction, Study
 from pneumoscreen.app import create_app
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port, wait_until
 
 # Own instances on free ports, named per test run: several people may run the suite on one machine.
 PG_VERSION = "15"
+HERE = Path(__file__).resolve().parent
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def pytest_collection_modifyitems(items) -> None:
+    """Every test in this folder is slow: real processes killed and restarted, minutes of waiting."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 class RedisServer:
@@ -123,16 +123,6 @@ def counts(services, study_ids: list[int]) -> dict:
     return {"done": by_status.get("done", 0), "error": by_status.get("error", 0),
             "queued": by_status.get("queued", 0), "running": by_status.get("running", 0),
             "predictions": predictions}
-
-
-def wait_until(predicate, what: str, timeout: float = 120, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _wait(check, what: str, timeout: float = 30) -> None:

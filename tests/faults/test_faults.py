@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from core.services import services_of
 from db.accounts import create_user, issue_token
 from db.models import AuditEvent, Study
-from tests.helpers import bearer
-from tests.faults.conftest import counts, wait_until
+from tests.faults.conftest import counts
+from tests.helpers import bearer, wait_until
 
 STUDIES = 60
 

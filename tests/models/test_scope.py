@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from models.imaging import decode_image
-from models.scope import STATS, ScopeModel, fit_scope
 from models.reasons import FlagReason
+from models.scope import STATS, ScopeModel, fit_scope
 from tests.models.bundle import blank_images, film_variants, synthetic_non_chest
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"

@@ -10,9 +10,9 @@ import pytest
 from models.calibration import Calibration
 from models.imaging import decode_image
 from models.screener import Screener
+from tests.helpers import chest_films
 from training.classifier import ensemble_version, train_classifier
 from training.commands import train_member
-from tests.helpers import chest_films
 
 pytestmark = pytest.mark.slow  # trains for real, if only an epoch
 

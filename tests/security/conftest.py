@@ -10,6 +10,7 @@ from db.accounts import create_user, ensure_department, issue_token
 from db.models import ApiToken, ReviewFlag, Study
 from studies.files import Item
 from studies.intake import submit_batch
+from tests.helpers import StubScreener
 from tests.security.corpus import encode, film
 from worker import pipeline
 
@@ -38,11 +39,10 @@ def world(app) -> World:
     batch, _ = submit_batch(services, [Item("film.png", encode(film(), "PNG"))], ids["uploader_user"], "api")
     with services.sessions.begin() as session:
         study_id = session.scalar(select(Study.id).where(Study.batch_id == batch.id))
-    pipeline.run_batch(services.sessions, services.storage,
-                       pipeline.load_screener(services.settings.weights_dir), [study_id])
+    # The stub calls the film NORMAL near the threshold, so it is flagged: the access tests act on its flag.
+    pipeline.run_batch(services.sessions, services.storage, StubScreener(), [study_id])
     with services.sessions.begin() as session:
-        if session.scalar(select(ReviewFlag).where(ReviewFlag.study_id == study_id)) is None:
-            session.add(ReviewFlag(study_id=study_id, reasons=["near_threshold"]))
+        assert session.scalar(select(ReviewFlag.reasons).where(ReviewFlag.study_id == study_id)) == ["near_threshold"]
         ids["spare_token"] = session.scalar(select(ApiToken.id).where(ApiToken.user_id == ids["spare_user"]))
     ids.update(batch=batch.id, study=study_id)
     return World(tokens, ids)

@@ -2,42 +2,24 @@
 import csv
 import io
 import logging
-import re
 
-import numpy as np
 from sqlalchemy import select
 
 from core.services import services_of
 from db.accounts import revoke_token
 from db.models import Study
-from models.reasons import FlagReason
-from models.screener import Finding
-from tests.helpers import bearer
+from tests.helpers import StubScreener, bearer, login
 from tests.security.corpus import encode, film
 from worker import pipeline
 
 PATIENT = "DOE-JOHN-19570311-MRN4471"
 
 
-class FlaggingScreener:
-    """Calls every film NORMAL but near the threshold, so each is flagged for review."""
-
-    name, version = "fake", "0.0.0+flagging"
-
-    def screen(self, images):
-        return [Finding(0.41, "NORMAL", 0.5, (FlagReason.NEAR_THRESHOLD,), (0.0, 0.0, 1.0, 1.0),
-                        np.zeros((8, 8), np.float32)) for _ in images]
-
-
-def _csrf(page: bytes) -> str:
-    return re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', page)[1].decode()
-
 
 def test_audit_trail_records_every_kind_of_event_and_exports_csv(app, users, caplog):
     caplog.set_level(logging.DEBUG)
     services, client = services_of(app), app.test_client()
-    client.post("/login", data={"username": "admin", "password": "admin-password",
-                                "csrf_token": _csrf(client.get("/login").data)})
+    login(client, "admin", "admin-password")
     secret_pixels = encode(film(seed=21), "PNG")
     response = client.post("/api/v1/batches", headers=bearer(users["uploader"]), content_type="multipart/form-data",
                            data={"files": [(io.BytesIO(secret_pixels), f"{PATIENT}.png"),
@@ -45,7 +27,7 @@ def test_audit_trail_records_every_kind_of_event_and_exports_csv(app, users, cap
     batch_id = response.get_json()["id"]
     with services.sessions() as session:
         study_id = session.scalar(select(Study.id).where(Study.batch_id == batch_id))
-    pipeline.run_batch(services.sessions, services.storage, FlaggingScreener(), [study_id])
+    pipeline.run_batch(services.sessions, services.storage, StubScreener(), [study_id])  # NORMAL, flagged
     decided = client.post(f"/api/v1/studies/{study_id}/review", headers=bearer(users["reviewer"]),
                           json={"decision": "pneumonia", "note": "consolidation"})
     assert decided.status_code == 201
@@ -78,10 +60,8 @@ def test_audit_trail_records_every_kind_of_event_and_exports_csv(app, users, cap
 
 def test_csv_export_cannot_smuggle_spreadsheet_formulas(app, users):
     client = app.test_client()
-    client.post("/login", data={"username": "=HYPERLINK(\"http://evil\")", "password": "whatever-password",
-                                "csrf_token": _csrf(client.get("/login").data)})
-    client.post("/login", data={"username": "admin", "password": "admin-password",
-                                "csrf_token": _csrf(client.get("/login").data)})
+    login(client, '=HYPERLINK("http://evil")', "whatever-password")
+    login(client, "admin", "admin-password")
     text = client.get("/admin/audit.csv").data.decode()
     assert ",=HYPERLINK" not in text and "\"'{" not in text
     assert any(cell.startswith("'=") or "=HYPERLINK" in cell and not cell.startswith("=")

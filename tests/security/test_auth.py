@@ -7,47 +7,38 @@ from sqlalchemy import select
 
 from core.services import services_of
 from db.models import ApiToken, AuditEvent, User, utcnow
-from tests.helpers import bearer
+from tests.helpers import bearer, csrf, login
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-def _csrf(page: bytes) -> str:
-    return re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', page)[1].decode()
-
-
-def _login(client, username: str, password: str):
-    return client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": _csrf(client.get("/login").data)})
 
 
 def test_login_is_throttled_after_repeated_failures(app, world):
     client = app.test_client()
     for _ in range(5):
-        assert _login(client, "uploader", "wrong-password").status_code == 401
-    refused = _login(client, "uploader", "uploader-password")
+        assert login(client, "uploader", "wrong-password").status_code == 401
+    refused = login(client, "uploader", "uploader-password")
     assert refused.status_code == 429 and b"Too many failed logins" in refused.data
-    assert _login(client, "reviewer", "reviewer-password").status_code == 302  # others are not locked out
+    assert login(client, "reviewer", "reviewer-password").status_code == 302  # others are not locked out
 
 
 def test_old_failures_do_not_count(app, world):
     services = services_of(app)
     client = app.test_client()
     for _ in range(5):
-        _login(client, "admin", "wrong-password")
+        login(client, "admin", "wrong-password")
     with services.sessions.begin() as session:
         for event in session.scalars(select(AuditEvent).where(AuditEvent.action == "user.login_failed")):
             event.at = utcnow() - timedelta(minutes=16)
-    assert _login(client, "admin", "admin-password").status_code == 302
+    assert login(client, "admin", "admin-password").status_code == 302
 
 
 def test_logout_ends_the_session_and_is_audited(app, world):
     services = services_of(app)
     client = app.test_client()
-    assert _login(client, "reviewer", "reviewer-password").status_code == 302
+    assert login(client, "reviewer", "reviewer-password").status_code == 302
     page = client.get("/batches")
     assert page.status_code == 200
-    assert client.post("/logout", data={"csrf_token": _csrf(page.data)}).status_code == 302
+    assert client.post("/logout", data={"csrf_token": csrf(page.data)}).status_code == 302
     assert client.get("/batches").status_code == 302
     with services.sessions() as session:
         actions = session.scalars(select(AuditEvent.action).where(AuditEvent.actor_id == world.ids["reviewer_user"])).all()
@@ -56,7 +47,7 @@ def test_logout_ends_the_session_and_is_audited(app, world):
 
 def test_every_form_post_needs_the_csrf_token(app, world):
     client = app.test_client()
-    assert _login(client, "admin", "admin-password").status_code == 302
+    assert login(client, "admin", "admin-password").status_code == 302
     ids = world.ids
     for path in ("/upload", f"/review/{ids['study']}", "/admin/users", f"/admin/users/{ids['spare_user']}/active",
                  "/admin/tokens", f"/admin/tokens/{ids['spare_token']}/revoke", "/logout", "/api/v1/batches",
@@ -69,16 +60,16 @@ def test_every_form_post_needs_the_csrf_token(app, world):
 def test_session_cookie_flags(app, world):
     app.config["SESSION_COOKIE_SECURE"] = True  # what PNEUMOSCREEN_SECURE_COOKIES=1 sets
     client = app.test_client()
-    cookie = _login(client, "admin", "admin-password").headers["Set-Cookie"]
+    cookie = login(client, "admin", "admin-password").headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
 def test_tokens_are_named_hashed_tracked_and_revocable(app, world):
     services = services_of(app)
     client = app.test_client()
-    assert _login(client, "admin", "admin-password").status_code == 302
+    assert login(client, "admin", "admin-password").status_code == 302
     page = client.post("/admin/tokens", data={"user_id": world.ids["spare_user"], "name": "pacs-bridge",
-                                              "csrf_token": _csrf(client.get("/admin/tokens").data)})
+                                              "csrf_token": csrf(client.get("/admin/tokens").data)})
     token = re.search(rb'id="issued-token">(psk_[^<]+)<', page.data)[1].decode()
     with services.sessions() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.name == "pacs-bridge"))
@@ -89,7 +80,7 @@ def test_tokens_are_named_hashed_tracked_and_revocable(app, world):
     listing = client.get("/admin/tokens").data
     assert token.encode() not in listing and b"pacs-bridge" in listing  # shown once, never again
 
-    client.post(f"/admin/tokens/{row.id}/revoke", data={"csrf_token": _csrf(listing)})
+    client.post(f"/admin/tokens/{row.id}/revoke", data={"csrf_token": csrf(listing)})
     assert app.test_client().get("/api/v1/batches/999", headers=bearer(token)).status_code == 401
     with services.sessions() as session:
         events = session.execute(select(AuditEvent.action, AuditEvent.actor_id)
@@ -104,4 +95,4 @@ def test_disabled_account_loses_its_tokens_and_session(app, world):
     with services.sessions.begin() as session:
         session.get(User, world.ids["other_user"]).active = False
     assert app.test_client().get("/api/v1/review", headers=bearer(token)).status_code == 401
-    assert _login(app.test_client(), "other", "other-password").status_code == 401
+    assert login(app.test_client(), "other", "other-password").status_code == 401

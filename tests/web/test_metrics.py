@@ -1,13 +1,15 @@
 """Prometheus /metrics from the database: queue depth, results per model version, flags, errors, latency."""
 import io
+from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from core.services import services_of
 from db.models import Study
-from tests.helpers import bearer, zip_bytes
+from models.reasons import FlagReason
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from tests.helpers import StubScreener, bearer, chest_films, zip_bytes
 from worker import pipeline
 
 
@@ -42,3 +44,26 @@ def test_metrics_follow_the_database(app, users):
     assert after[("pneumoscreen_flags_total", (("reason", "out_of_scope"), ("state", "open")))] == 1
     assert after[("pneumoscreen_studies_per_second", ())] == 3 / 300
     assert after[("pneumoscreen_result_latency_seconds", (("quantile", "0.5"),))] > 0
+
+
+class _TwoReasonScreener(StubScreener):
+    """Every film NORMAL near the threshold and uncertain: two flag reasons on one flag."""
+
+    def _finding(self, image):
+        finding = super()._finding(image)
+        return replace(finding, reasons=(FlagReason.NEAR_THRESHOLD, FlagReason.UNCERTAIN))
+
+
+def test_a_flag_counts_once_under_each_of_its_reasons(app, users):
+    client = app.test_client()
+    upload = zip_bytes(chest_films(2))
+    response = client.post("/api/v1/batches", data={"files": [(io.BytesIO(upload), "x.zip")]},
+                           headers=bearer(users["uploader"]), content_type="multipart/form-data")
+    assert response.status_code == 202
+    services = services_of(app)
+    with services.sessions() as session:
+        ids = session.scalars(select(Study.id)).all()
+    pipeline.run_batch(services.sessions, services.storage, _TwoReasonScreener(), ids)
+    flags = {labels: value for (name, labels), value in _scrape(client).items() if name == "pneumoscreen_flags_total"}
+    assert flags == {(("reason", "near_threshold"), ("state", "open")): 2,
+                     (("reason", "uncertain"), ("state", "open")): 2}

@@ -18,7 +18,7 @@ def client(app, users):
     return app.test_client()
 
 
-def test_pages_needlogin(client):
+def test_pages_need_login(client):
     for path in ("/", "/batches", "/upload", "/review/", "/batches/1", "/studies/1/thumb.png"):
         response = client.get(path)
         assert response.status_code == 302 and "/login" in response.headers["Location"], path

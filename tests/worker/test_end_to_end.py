@@ -11,7 +11,8 @@ from core.services import services_of
 from core.settings import Settings
 from db.models import AuditEvent, Prediction, Study
 from pneumoscreen.app import create_app
-from tests.helpers import REDIS_URL, bearer, sample_films
+from tests.dicom.factory import chest_pixels, dataset, to_bytes
+from tests.helpers import REDIS_URL, bearer, chest_films
 from tests.security.corpus import png_with_corrupt_pixels
 
 
@@ -44,8 +45,9 @@ def test_upload_screen_review_on_postgres_and_redis(redis_app, users_on):
     app, tokens = redis_app, users_on(redis_app)
     services = services_of(app)
     client = app.test_client()
-    films = sample_films("NORMAL", 5) + sample_films("PNEUMONIA", 5)
-    upload = {"files": [(io.BytesIO(p.read_bytes()), p.name) for p in films]
+    films = chest_films(normal=5, pneumonia=4)
+    films["lateral.dcm"] = to_bytes(dataset(chest_pixels(), view="LL"))  # out_of_scope whatever the model says
+    upload = {"files": [(io.BytesIO(data), name) for name, data in films.items()]
               # Passes the door (a truncated file would not: tests/security) but cannot be decoded.
               + [(io.BytesIO(png_with_corrupt_pixels()), "broken.jpeg")]}
 
@@ -68,7 +70,10 @@ def test_upload_screen_review_on_postgres_and_redis(redis_app, users_on):
             assert prediction.model_version == "0.0.0+tiny" and prediction.model_name == "tiny-cnn"
             assert 0 <= prediction.probability <= 1 and prediction.prediction in ("NORMAL", "PNEUMONIA")
     flagged = [s for s in batch["studies"] if s["flagged"]]
-    assert flagged, "the tiny model's flag band should flag its NORMAL calls"
+    lateral = next(s["id"] for s in batch["studies"] if s["filename"] == "lateral.dcm")
+    assert lateral in {s["id"] for s in flagged}
+    with services.sessions() as session:
+        assert session.get(Study, lateral).flag.reasons == ["out_of_scope"]
 
     queue = client.get("/api/v1/review", headers=bearer(tokens["reviewer"])).get_json()["items"]
     assert {item["study_id"] for item in queue} == {s["id"] for s in flagged}
