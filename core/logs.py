@@ -48,5 +48,7 @@ def configure(log_format: str, level: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Alembic announces each of its plugins at INFO on every start: noise, not news.
-    logging.getLogger("alembic.runtime.plugins").setLevel(max(level, logging.WARNING))
+    # Alembic announces its plugins and its database dialect at INFO on every command: noise, not news
+    # (the CLI says itself when it created or migrated the database).
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -37,8 +37,3 @@ def current(url: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
-
-
-def is_current(url: str) -> bool:
-    """True when the database at `url` is at the newest schema."""
-    return current(url) in heads(url)

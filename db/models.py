@@ -2,7 +2,7 @@
 from datetime import datetime, timezone
 from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("uploader", "reviewer", "admin")
@@ -134,6 +134,33 @@ class Study(Base):
     flag: Mapped["ReviewFlag | None"] = relationship(back_populates="study", uselist=False)
 
 
+class SiteCalibration(Base):
+    """A department's operating point, chosen on its own labelled films; the active one is in use."""
+
+    __tablename__ = "site_calibrations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... within the department
+    active: Mapped[bool] = mapped_column(default=False)
+    threshold: Mapped[float] = mapped_column(Float)
+    band_low: Mapped[float] = mapped_column(Float)
+    miss_rate_target: Mapped[float] = mapped_column(Float)
+    # What the labelled sample said about this point (models.operating_point.Choice).
+    n_normal: Mapped[int] = mapped_column(Integer)
+    n_pneumonia: Mapped[int] = mapped_column(Integer)
+    sensitivity: Mapped[float] = mapped_column(Float)
+    specificity: Mapped[float] = mapped_column(Float)
+    miss_rate: Mapped[float] = mapped_column(Float)
+    miss_rate_upper: Mapped[float] = mapped_column(Float)
+    review_load: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(80))
+    data_sha256: Mapped[str] = mapped_column(String(64))
+    roc_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    department: Mapped[Department] = relationship()
+
+
 class Prediction(Base):
     """The model's result for a study, with the model version that produced it."""
 
@@ -145,6 +172,8 @@ class Prediction(Base):
     probability: Mapped[float] = mapped_column(Float)
     prediction: Mapped[str] = mapped_column(String(16))
     threshold: Mapped[float] = mapped_column(Float)
+    # The department's operating point the call and flags used; None: the shipped one.
+    site_calibration_id: Mapped[int | None] = mapped_column(ForeignKey("site_calibrations.id"))
     crop_box: Mapped[list[float]] = mapped_column(JSON)
     # Model extras: out-of-scope score, test-time-augmentation spread, and the like.
     details: Mapped[dict | None] = mapped_column(JSON)

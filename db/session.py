@@ -1,5 +1,7 @@
 """Engines and sessions, from a URL handed in by the caller."""
+import contextlib
 import logging
+from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +30,18 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def one_off_session(url: str, write: bool = False) -> Iterator[Session]:
+    """A session for one command (committed at the end when `write`); its engine is disposed after."""
+    engine = make_engine(url)
+    try:
+        sessions = make_session_factory(engine)
+        with sessions.begin() if write else sessions() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def audit(session: Session, actor_id: int | None, action: str, object_type: str,

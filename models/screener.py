@@ -11,6 +11,7 @@ from models.crop import CROP_FAILED, CropBox, crop_batch, equalize, mask_to_box,
 from models.flags import FlagPolicy, flag_reasons
 from models.inference import ensemble_pass
 from models.limits import MIN_SIDE
+from models.operating_point import OperatingPoint
 from models.reasons import FlagReason
 from models.scope import STATS, ScopeModel, image_stats
 from models.segmenter import compiled, predict_masks
@@ -89,6 +90,8 @@ class Screener:
         self.seg_size = int(segmenter.input_shape[1])
         self.input_size = int(classifiers[0].input_shape[1])
         self.policy = FlagPolicy.from_meta(classifier_meta)
+        # The shipped operating point; a department's own replaces it per film (screen's `points`).
+        self.point = OperatingPoint(self.threshold, self.policy.band_low)
         self.scope = scope
         self._segment = compiled(segmenter)
         self._ensemble = ensemble_pass(classifiers)
@@ -118,15 +121,30 @@ class Screener:
                     len(classifiers), screener.threshold, weights_dir)
         return screener
 
-    def screen(self, images: list[np.ndarray]) -> list[Finding]:
-        """Screen decode_image() outputs of any size; models run once per chunk of CHUNK films."""
+    def screen(self, images: list[np.ndarray], points: list[OperatingPoint | None] | None = None) -> list[Finding]:
+        """Screen decode_image() outputs of any size; models run once per chunk of CHUNK films.
+
+        `points[i]` is film i's operating point (its department's); None means the shipped one.
+        """
+        if not images:
+            return []
+        points = points or [None] * len(images)
+        if len(points) != len(images):
+            raise ValueError(f"{len(points)} operating points for {len(images)} images")
+        out = self.outputs(images)
+        return [self._finding(out, i, points[i] or self.point) for i in range(len(out))]
+
+    def outputs(self, images: list[np.ndarray]) -> BatchOutput:
+        """Every per-film output for decode_image() outputs of any size, in chunks of CHUNK films."""
         # Check every image before any work, so a bad one fails the call fast and names itself.
         checked = [_checked(i, image) for i, image in enumerate(images)]
-        findings: list[Finding] = []
-        for start in range(0, len(checked), CHUNK):
-            out = self.run(np.stack([squash(image) for image in checked[start:start + CHUNK]]))
-            findings += [self._finding(out, i) for i in range(len(out))]
-        return findings
+        return BatchOutput.concat([self.run(np.stack([squash(image) for image in checked[start:start + CHUNK]]))
+                                   for start in range(0, len(checked), CHUNK)])
+
+    def flagged_at(self, out: BatchOutput, threshold: float) -> np.ndarray:
+        """Per film: flagged for a reason other than the near-threshold band, were `threshold` the threshold."""
+        point = OperatingPoint(threshold, threshold)  # an empty band
+        return np.array([bool(self._reasons(out, i, point)) for i in range(len(out))], bool)
 
     def run(self, films: np.ndarray) -> BatchOutput:
         """All per-film outputs for a (N, 224, 224) squashed batch (recalibration uses this too)."""
@@ -140,20 +158,28 @@ class Screener:
         return BatchOutput(**vars(ensemble), boxes=boxes, crops=crops, stats=stats, scope=scope,
                            crop_failed=np.array([b.failure == CROP_FAILED for b in boxes]))
 
-    def _finding(self, out: BatchOutput, i: int) -> Finding:
+    def _reasons(self, out: BatchOutput, i: int, point: OperatingPoint) -> list[FlagReason]:
+        return flag_reasons(replace(self.policy, band_low=point.band_low), float(out.probability[i]),
+                            point.threshold, float(out.mc_high[i]), bool(out.crop_failed[i]), out.stats[i],
+                            _scope_at(out, i))
+
+    def _finding(self, out: BatchOutput, i: int, point: OperatingPoint) -> Finding:
         prob = float(out.probability[i])
-        scope = {k: round(float(v[i]), 4) for k, v in out.scope.items()} if out.scope is not None else None
-        reasons = flag_reasons(self.policy, prob, self.threshold, float(out.mc_high[i]), bool(out.crop_failed[i]),
-                               out.stats[i], scope)
+        scope = _scope_at(out, i)
+        reasons = self._reasons(out, i, point)
         details = {"scope": scope, "mc_high": round(float(out.mc_high[i]), 4),
                    "member_spread": round(float(out.member_spread[i]), 4),
                    "mc_spread": round(float(out.mc_spread[i]), 4),
                    "crop_contrast": round(float(out.stats[i][STATS.index("crop_std")]), 4),
                    "crop_saturated": round(float(out.stats[i][STATS.index("saturated")]), 4),
                    "heatmap": "Grad-CAM on the last conv block, lung-crop coordinates (crop_box on the film)"}
-        return Finding(probability=prob, prediction="PNEUMONIA" if prob >= self.threshold else "NORMAL",
-                       threshold=self.threshold, reasons=tuple(reasons), crop_box=out.boxes[i].box,
+        return Finding(probability=prob, prediction="PNEUMONIA" if prob >= point.threshold else "NORMAL",
+                       threshold=point.threshold, reasons=tuple(reasons), crop_box=out.boxes[i].box,
                        crop=out.crops[i], heatmap=out.heatmap[i], details=details)
+
+
+def _scope_at(out: BatchOutput, i: int) -> dict | None:
+    return {k: round(float(v[i]), 4) for k, v in out.scope.items()} if out.scope is not None else None
 
 
 def member_files(classifier_meta: dict) -> list[str]:

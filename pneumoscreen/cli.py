@@ -1,5 +1,6 @@
 """The `pneumoscreen` command: run the portal and workers, manage users, screen files, train."""
 import csv
+import getpass
 import logging
 import secrets
 import signal
@@ -13,6 +14,7 @@ import click
 from core.logs import configure as configure_logging
 from core.services import QUEUE, services_of
 from core.settings import PACKAGE_ROOT, ConfigError, Settings, log_format_from_env
+from db.session import one_off_session
 
 logger = logging.getLogger(__name__)
 SHARED_DATA = PACKAGE_ROOT.parent / "shared" / "data"
@@ -34,14 +36,17 @@ def _ready_database(settings: Settings) -> None:
     """The embedded SQLite database is created or migrated on first use; PostgreSQL must be migrated first."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from db.migrate import is_current, upgrade
+    from db.migrate import current, heads, upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if settings.database_url.startswith("sqlite"):
-            upgrade(settings.database_url)
-        elif not is_current(settings.database_url):
+        revision = current(settings.database_url)
+        if revision in heads():
+            return
+        if not settings.database_url.startswith("sqlite"):
             raise click.ClickException("the database is not at the newest schema: run `pneumoscreen db upgrade`")
+        upgrade(settings.database_url)
+        click.echo(f"{'created' if revision is None else 'migrated'} the database {settings.database_url}", err=True)
     except SQLAlchemyError as exc:
         raise click.ClickException(f"cannot use the database ({type(exc).__name__}); check DATABASE_URL") from None
 
@@ -100,15 +105,10 @@ def users_create(name: str, role: str, password_stdin: bool, department: str | N
 def _create_user(settings: Settings, name: str, role: str, password: str | None,
                  department: str | None = None) -> str:
     from db.accounts import create_user, ensure_department, issue_token
-    from db.session import make_engine, make_session_factory
 
-    engine = make_engine(settings.database_url)
-    try:
-        with make_session_factory(engine).begin() as session:
-            department_id = ensure_department(session, department).id if department else None
-            return issue_token(session, create_user(session, name, role, password, department_id=department_id))
-    finally:
-        engine.dispose()
+    with one_off_session(settings.database_url, write=True) as session:
+        department_id = ensure_department(session, department).id if department else None
+        return issue_token(session, create_user(session, name, role, password, department_id=department_id))
 
 
 @main.command("web")
@@ -195,12 +195,9 @@ def _first_admin(settings: Settings) -> None:
     from sqlalchemy import func, select
 
     from db.models import User
-    from db.session import make_engine, make_session_factory
 
-    engine = make_engine(settings.database_url)
-    with make_session_factory(engine)() as session:
+    with one_off_session(settings.database_url) as session:
         has_users = session.scalar(select(func.count()).select_from(User)) > 0
-    engine.dispose()
     if has_users:
         return
     password = secrets.token_urlsafe(12)
@@ -213,18 +210,97 @@ def _first_admin(settings: Settings) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write results here instead of stdout.")
-def screen(paths: tuple[Path, ...], csv_path: Path | None) -> None:
+@click.option("--department", default=None, help="Use this department's operating point (see `calibrate`).")
+def screen(paths: tuple[Path, ...], csv_path: Path | None, department: str | None) -> None:
     """Screen images, folders (recursive) and .zip files in-process; one CSV row per input."""
     from pneumoscreen.screening import screen_to_csv
 
     settings = _settings()
+    point = _department_point(settings, department) if department else None
     out = csv_path.open("w", newline="") if csv_path else sys.stdout
     try:
-        summary = screen_to_csv(list(paths), settings, csv.writer(out), CSV_COLUMNS)
+        summary = screen_to_csv(list(paths), settings, csv.writer(out), CSV_COLUMNS, point)
     finally:
         if csv_path:
             out.close()
     click.echo(summary, err=True)
+
+
+def _department_point(settings: Settings, department: str):
+    """The department's active operating point; a clear error when it has none."""
+    from studies.calibrations import active_for, point_of
+
+    _ready_database(settings)
+    with one_off_session(settings.database_url) as session:
+        record = active_for(session, department)
+        if record is None:
+            raise click.ClickException(f"department {department!r} has no operating point: "
+                                       f"run `pneumoscreen calibrate DIR --department {department!r}` first")
+        click.echo(f"department {department!r}: operating point version {record.version} "
+                   f"(threshold {record.threshold:.4f}, band from {record.band_low:.4f})", err=True)
+        return point_of(record)
+
+
+@main.command("calibrate")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--department", required=True, help="The department the point is for (created if needed).")
+@click.option("--miss-rate", default=0.02, show_default=True, type=click.FloatRange(0.001, 0.5),
+              help="Highest acceptable share of pneumonia films called NORMAL with no flag.")
+@click.option("--roc", "roc_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the ROC curve of the sample here (PNG).")
+def calibrate(folder: Path, department: str, miss_rate: float, roc_path: Path | None) -> None:
+    """Choose a department's threshold and review band from labelled films in FOLDER/NORMAL and FOLDER/PNEUMONIA."""
+    from pneumoscreen.calibrate import calibrate_folder, report
+
+    settings = _settings()
+    _ready_database(settings)
+    try:
+        result = calibrate_folder(folder, settings, department, miss_rate)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if roc_path:
+        roc_path.write_bytes(result.record.roc_png)
+    click.echo(report(result, department))
+
+
+@main.group("calibration")
+def calibration_group() -> None:
+    """Departments' operating points."""
+
+
+@calibration_group.command("list")
+@click.option("--department", required=True)
+def calibration_list(department: str) -> None:
+    """A department's operating points, newest first; * marks the active one."""
+    from studies.calibrations import history
+
+    settings = _settings()
+    _ready_database(settings)
+    with one_off_session(settings.database_url) as session:
+        rows = history(session, department)
+        if not rows:
+            raise click.ClickException(f"department {department!r} has no operating points")
+        for row in rows:
+            click.echo(f"{'*' if row.active else ' '} v{row.version}  threshold {row.threshold:.4f}  band from "
+                       f"{row.band_low:.4f}  miss rate target {row.miss_rate_target:g}  "
+                       f"n={row.n_pneumonia}+{row.n_normal}  {row.created_at:%Y-%m-%d %H:%M}")
+
+
+@calibration_group.command("activate")
+@click.option("--department", required=True)
+@click.option("--version", required=True, type=int)
+def calibration_activate(department: str, version: int) -> None:
+    """Make VERSION the department's active operating point (roll back or forward)."""
+    from studies.calibrations import activate
+
+    settings = _settings()
+    _ready_database(settings)
+    try:
+        with one_off_session(settings.database_url, write=True) as session:
+            activate(session, department, version, None, f"cli:{getpass.getuser()}")
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"department {department!r}: operating point version {version} is now active")
 
 
 @main.command("evaluate")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.csvcells import safe_cell
 from core.settings import Settings
+from models.operating_point import OperatingPoint
 from models.reasons import FlagReason
 from studies.files import Item, walk
 from studies.scope import in_scope
@@ -15,14 +16,18 @@ from worker.pipeline import Outcome, load_screener, screen_files
 logger = logging.getLogger(__name__)
 
 
-def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[str]) -> str:
-    """Screen everything under `paths` in batches, writing one row per input; returns a summary line."""
+def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[str],
+                  point: OperatingPoint | None = None) -> str:
+    """Screen everything under `paths` in batches, writing one row per input; returns a summary line.
+
+    `point` is a department's operating point; None means the shipped one.
+    """
     screener = load_screener(settings.weights_dir)
     writer.writerow(columns)
     items, counts, started = walk(paths), {"done": 0, "error": 0}, time.perf_counter()
     while chunk := list(itertools.islice(items, settings.batch_size)):
         readable = [item for item in chunk if item.error is None]
-        outcomes = iter(screen_files(screener, [item.data for item in readable]))
+        outcomes = iter(screen_files(screener, [item.data for item in readable], [point] * len(readable)))
         for item in chunk:
             outcome = next(outcomes) if item.error is None else None
             row = _row(item, outcome)

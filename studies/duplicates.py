@@ -5,19 +5,23 @@ from typing import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import UNFINISHED, Prediction, ReviewFlag, Study, StudyStatus, utcnow
+from db.models import UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
 
 logger = logging.getLogger(__name__)
 
 
 def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
-    """Point each study at an earlier one with the same content; returns the ids needing no inference."""
+    """Point each study at an earlier one with the same content in the same department; returns the ids
+    needing no inference. Never across departments: each has its own operating point and its own results."""
     held = set()
     for study in studies:
+        department_id = session.scalar(select(Batch.department_id).where(Batch.id == study.batch_id))
         original = session.scalar(
-            select(Study).where(Study.content_sha256 == study.content_sha256, Study.id < study.id,
-                                Study.duplicate_of_id.is_(None), Study.status != StudyStatus.ERROR)
+            select(Study).join(Batch, Study.batch_id == Batch.id)
+            .where(Study.content_sha256 == study.content_sha256, Study.id < study.id,
+                   Study.duplicate_of_id.is_(None), Study.status != StudyStatus.ERROR,
+                   Batch.department_id.is_not_distinct_from(department_id))
             .order_by(Study.id).limit(1))
         if original is None:
             continue
@@ -56,6 +60,7 @@ def copy_result(session: Session, original: Study, study: Study) -> None:
     session.add(Prediction(
         study_id=study.id, model_name=source.model_name, model_version=source.model_version,
         probability=source.probability, prediction=source.prediction, threshold=source.threshold,
+        site_calibration_id=source.site_calibration_id,
         crop_box=list(source.crop_box), details={**(source.details or {}), "duplicate_of": original.id}))
     audit(session, None, "study.result", "study", study.id, prediction=source.prediction,
           probability=round(source.probability, 4), model_version=source.model_version,

@@ -90,7 +90,7 @@ class StubScreener:
     def __init__(self):
         self.images = 0
 
-    def screen(self, images: list[np.ndarray]) -> list[Finding]:
+    def screen(self, images: list[np.ndarray], points=None) -> list[Finding]:
         self.images += len(images)
         return [self._finding(image) for image in images]
 

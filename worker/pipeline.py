@@ -10,11 +10,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.storage import Storage
-from db.models import FINISHED, UNFINISHED, Prediction, ReviewFlag, Study, StudyStatus, utcnow
+from db.models import FINISHED, UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
 from models.heatmap import heatmap_png
 from models.imaging import ImageDecodeError, decode_image, to_png
+from models.operating_point import OperatingPoint
 from models.screener import Finding, Screener
+from studies.calibrations import active_by_department, point_of
 from studies.duplicates import resolve_duplicates
 from studies.scope import scope_reasons
 
@@ -45,15 +47,18 @@ def load_screener(weights_dir: Path) -> Screener:
     return Screener.load(weights_dir)
 
 
-def screen_files(screener: Screener, blobs: list[bytes]) -> list[Outcome]:
-    """Decode every image, then run the models once over all that decoded."""
+def screen_files(screener: Screener, blobs: list[bytes],
+                 points: list[OperatingPoint | None] | None = None) -> list[Outcome]:
+    """Decode every image, then run the models once over all that decoded (points: per file, None = shipped)."""
     # Pillow releases the GIL while decoding, so two threads keep both cores busy.
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(_decode, blobs))
-    good = [o for o in outcomes if o.error is None]
+    points = points or [None] * len(blobs)
+    good = [i for i, outcome in enumerate(outcomes) if outcome.error is None]
     if good:
-        for outcome, finding in zip(good, screener.screen([o.image for o in good])):
-            outcome.finding = finding
+        findings = screener.screen([outcomes[i].image for i in good], [points[i] for i in good])
+        for i, finding in zip(good, findings):
+            outcomes[i].finding = finding
     return outcomes
 
 
@@ -68,14 +73,14 @@ def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Scree
     """Screen the given studies and store the results; safe to run twice on the same ids."""
     claimed = _claim(sessions, study_ids)
     blobs, missing = [], {}
-    for study_id, key in claimed:
+    for claim in claimed:
         try:
-            blobs.append(storage.get(key))
+            blobs.append(storage.get(claim.storage_key))
         except FileNotFoundError:
-            missing[study_id] = "stored file is missing"
+            missing[claim.study_id] = "stored file is missing"
             blobs.append(b"")
-    outcomes = screen_files(screener, blobs) if claimed else []
-    for (study_id, _), outcome in zip(claimed, outcomes):
+    outcomes = screen_files(screener, blobs, [claim.point for claim in claimed]) if claimed else []
+    for study_id, outcome in zip((claim.study_id for claim in claimed), outcomes):
         if outcome.finding is not None:
             storage.put_derived(study_id, "thumb", to_png(outcome.image, THUMB_SIDE))
             storage.put_derived(study_id, "view", to_png(outcome.image))
@@ -85,10 +90,20 @@ def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Scree
                     outcome.finding.heatmap, outcome.finding.crop_box, outcome.image.shape))
         elif study_id in missing:
             outcome.error = missing[study_id]
-    return _record(sessions, screener, [sid for sid, _ in claimed], outcomes)
+    return _record(sessions, screener, claimed, outcomes)
 
 
-def _claim(sessions: sessionmaker[Session], study_ids: list[int]) -> list[tuple[int, str]]:
+@dataclass(frozen=True)
+class _Claim:
+    """A study this worker now runs, with its department's operating point (None: the shipped one)."""
+
+    study_id: int
+    storage_key: str
+    calibration_id: int | None = None
+    point: OperatingPoint | None = None
+
+
+def _claim(sessions: sessionmaker[Session], study_ids: list[int]) -> list[_Claim]:
     """Mark the studies running in one short transaction; studies tried too often end in error."""
     with sessions.begin() as session:
         session.execute(
@@ -102,16 +117,25 @@ def _claim(sessions: sessionmaker[Session], study_ids: list[int]) -> list[tuple[
             .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED))
             .values(status=StudyStatus.RUNNING, started_at=utcnow(), attempts=Study.attempts + 1))
         rows = session.execute(
-            select(Study.id, Study.storage_key)
+            select(Study.id, Study.storage_key, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
             .where(Study.id.in_(study_ids), Study.status == StudyStatus.RUNNING).order_by(Study.id)).all()
-    return [(row.id, row.storage_key) for row in rows]
+        calibrations = active_by_department(session, {row.department_id for row in rows})
+    claims = []
+    for row in rows:
+        calibration = calibrations.get(row.department_id)
+        claims.append(_Claim(row.id, row.storage_key) if calibration is None else
+                      _Claim(row.id, row.storage_key, calibration.id, point_of(calibration)))
+    return claims
 
 
-def _record(sessions: sessionmaker[Session], screener: Screener, study_ids: list[int], outcomes: list[Outcome]) -> dict:
+def _record(sessions: sessionmaker[Session], screener: Screener, claimed: list[_Claim],
+            outcomes: list[Outcome]) -> dict:
     """Write results in a second transaction; a study someone else finished meanwhile is left alone."""
     counts = {"done": 0, "error": 0, "skipped": 0}
+    study_ids = [claim.study_id for claim in claimed]
     with sessions.begin() as session:
-        for study_id, outcome in zip(study_ids, outcomes):
+        for claim, outcome in zip(claimed, outcomes):
+            study_id = claim.study_id
             study = session.get(Study, study_id, with_for_update=True)
             if study.status in FINISHED:
                 counts["skipped"] += 1
@@ -122,22 +146,24 @@ def _record(sessions: sessionmaker[Session], screener: Screener, study_ids: list
                 audit(session, None, "study.error", "study", study_id, reason=outcome.error)
                 counts["error"] += 1
                 continue
-            _store_finding(session, screener, study, outcome.finding)
+            _store_finding(session, screener, study, outcome.finding, claim.calibration_id)
             counts["done"] += 1
         resolve_duplicates(session, study_ids)  # the same file uploaded again meanwhile
     logger.info("batch of %d studies: %s", len(study_ids), counts)
     return counts
 
 
-def _store_finding(session: Session, screener: Screener, study: Study, finding: Finding) -> None:
+def _store_finding(session: Session, screener: Screener, study: Study, finding: Finding,
+                   calibration_id: int | None) -> None:
     study.status, study.error = StudyStatus.DONE, None
     session.add(Prediction(
         study_id=study.id, model_name=screener.name, model_version=screener.version,
         probability=float(finding.probability), prediction=finding.prediction,
-        threshold=float(finding.threshold), crop_box=[float(v) for v in finding.crop_box],
-        details=finding.details))
+        threshold=float(finding.threshold), site_calibration_id=calibration_id,
+        crop_box=[float(v) for v in finding.crop_box], details=finding.details))
     audit(session, None, "study.result", "study", study.id, prediction=finding.prediction,
-          probability=round(float(finding.probability), 4), model_version=screener.version)
+          probability=round(float(finding.probability), 4), model_version=screener.version,
+          site_calibration_id=calibration_id)
     # DICOM scope: non-radiographs, adults and lateral-only studies are flagged out_of_scope (studies/scope.py).
     # The pixel gate's out_of_scope comes among the model's own reasons.
     reasons = scope_reasons(session, study, list(finding.reasons))
