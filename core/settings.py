@@ -38,6 +38,8 @@ class Settings:
     sweep_interval_s: int = 60
     stale_queued_s: int = 120
     stale_running_s: int = 600
+    # Share of unflagged NORMAL calls sent to review as quality-check samples (a department may set its own).
+    qa_share: float = 0.02
 
     @property
     def embedded(self) -> bool:
@@ -79,6 +81,7 @@ class Settings:
             sweep_interval_s=_int(env, "PNEUMOSCREEN_SWEEP_INTERVAL_S", 60, 1, 86_400),
             stale_queued_s=_int(env, "PNEUMOSCREEN_STALE_QUEUED_S", 120, 1, 86_400),
             stale_running_s=_int(env, "PNEUMOSCREEN_STALE_RUNNING_S", 600, 1, 86_400),
+            qa_share=_share(env, "PNEUMOSCREEN_QA_SHARE", 0.02),
         )
 
 
@@ -109,6 +112,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a share between 0 and 1 (e.g. 0.02), got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be between 0 and 1, got {value}")
     return value
 
 

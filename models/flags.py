@@ -19,6 +19,8 @@ REASON_TEXT: dict[FlagReason, str] = {
     FlagReason.LUNG_CROP_FAILED: "The lung outline was implausible (one lung, tiny or missing); the model read a "
                                  "fixed central box instead of the lungs.",
     FlagReason.LOW_QUALITY: "The lung region has unusually low contrast or burnt-out areas.",
+    FlagReason.QA_SAMPLE: "Quality check: an unflagged NORMAL call drawn at random, so the department learns how "
+                          "often such calls are missed pneumonia. Read it like any other film.",
 }
 CROP_STD, SATURATED = STATS.index("crop_std"), STATS.index("saturated")
 

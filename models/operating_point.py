@@ -139,6 +139,25 @@ def clopper_pearson_upper(k: int, n: int, confidence: float = CONFIDENCE) -> flo
     return high
 
 
+def clopper_pearson_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Exact two-sided interval for a binomial rate after k events in n trials."""
+    if n <= 0:
+        return 0.0, 1.0
+    tail = (1.0 - confidence) / 2
+    upper = clopper_pearson_upper(k, n, 1.0 - tail)
+    if k == 0:
+        return 0.0, upper
+    # The lower end: the rate at which k or more events have chance `tail`, i.e. P(X <= k-1) = 1 - tail.
+    low, high = 0.0, k / n
+    for _ in range(100):
+        mid = (low + high) / 2
+        if _binomial_cdf(k - 1, n, mid) > 1.0 - tail:
+            low = mid
+        else:
+            high = mid
+    return low, upper
+
+
 def _binomial_cdf(k: int, n: int, p: float) -> float:
     if p <= 0.0:
         return 1.0

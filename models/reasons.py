@@ -10,3 +10,5 @@ class FlagReason(enum.StrEnum):
     UNCERTAIN = "uncertain"
     LUNG_CROP_FAILED = "lung_crop_failed"
     LOW_QUALITY = "low_quality"
+    # Not the model's: an unflagged NORMAL call drawn at random so the service measures its own misses.
+    QA_SAMPLE = "qa_sample"

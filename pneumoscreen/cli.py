@@ -303,6 +303,35 @@ def calibration_activate(department: str, version: int) -> None:
     click.echo(f"department {department!r}: operating point version {version} is now active")
 
 
+@main.group("departments")
+def departments_group() -> None:
+    """Departments."""
+
+
+@departments_group.command("qa-share")
+@click.argument("department")
+@click.argument("share")
+def departments_qa_share(department: str, share: str) -> None:
+    """Set the share of DEPARTMENT's unflagged NORMAL calls drawn for quality-check review ('default' to clear)."""
+    from db.accounts import ensure_department
+    from db.session import audit
+    from studies.qa import set_share
+
+    settings = _settings()
+    _ready_database(settings)
+    try:
+        value = None if share == "default" else float(share)
+        with one_off_session(settings.database_url, write=True) as session:
+            found = ensure_department(session, department)
+            set_share(session, found, value)
+            audit(session, None, "department.qa_share", "department", found.id, qa_share=value,
+                  by=f"cli:{getpass.getuser()}")
+    except ValueError as exc:
+        raise click.ClickException(f"share must be a number between 0 and 1 or 'default' ({exc})") from None
+    shown = f"{value:g}" if value is not None else f"the service default ({settings.qa_share:g})"
+    click.echo(f"department {department!r}: QA share {shown}")
+
+
 @main.command("evaluate")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from db.models import UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
+from models.reasons import FlagReason
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def copy_result(session: Session, original: Study, study: Study) -> None:
     audit(session, None, "study.result", "study", study.id, prediction=source.prediction,
           probability=round(source.probability, 4), model_version=source.model_version,
           duplicate_of=original.id)
-    if original.flag is not None:
-        session.add(ReviewFlag(study_id=study.id, reasons=list(original.flag.reasons)))
-        audit(session, None, "study.flag", "study", study.id, reasons=list(original.flag.reasons))
+    # A quality-check draw is the original's; the copy is no new sample of the department's calls.
+    reasons = [reason for reason in original.flag.reasons if reason != FlagReason.QA_SAMPLE] if original.flag else []
+    if reasons:
+        session.add(ReviewFlag(study_id=study.id, reasons=reasons))
+        audit(session, None, "study.flag", "study", study.id, reasons=reasons)

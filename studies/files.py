@@ -43,7 +43,8 @@ def expand(name: str, data: bytes) -> Iterator[Item]:
     """Yield the images in one upload: the file itself, or the members of a zip archive."""
     name = clean_name(name)
     if len(data) > MAX_FILE_BYTES and not is_zip(name, data):
-        yield Item(name, error=f"file is {len(data) / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB per-file limit")
+        limit = MAX_FILE_BYTES // 2**20
+        yield Item(name, error=f"file is {len(data) / 2**20:.0f} MB, over the {limit} MB per-file limit")
         return
     if not is_zip(name, data):
         yield _item(name, data)

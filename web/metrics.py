@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from core.services import current_services
 from db.models import FINISHED, UNFINISHED, Prediction, ReviewFlag, Study, StudyStatus, as_utc, utcnow
+from studies.qa import MissRate, miss_rates
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -45,6 +46,7 @@ class DatabaseCollector:
                 Study.status.in_(FINISHED), Study.finished_at >= now - WINDOW))
             latencies = session.execute(select(Study.created_at, Study.finished_at).where(
                 Study.status == StudyStatus.DONE, Study.finished_at >= now - LATENCY_WINDOW)).all()
+            rates = miss_rates(session)
         studies = GaugeMetricFamily("pneumoscreen_studies", "Studies by status", labels=["status"])
         for status in StudyStatus:
             studies.add_metric([status], by_status.get(status, 0))
@@ -66,6 +68,32 @@ class DatabaseCollector:
         yield GaugeMetricFamily("pneumoscreen_studies_per_second", "Studies finished per second, last 5 minutes",
                                 value=recent / WINDOW.total_seconds())
         yield _latency(latencies)
+        yield from _miss_rates(rates)
+
+
+def _miss_rates(rates: list[MissRate]):
+    """The QA miss-rate estimate per department and model version (studies/qa.py), with its bound and target."""
+    labels = ["department", "model_version"]
+    families = {
+        "reads": CounterMetricFamily("pneumoscreen_qa_reads", "QA samples read (pneumonia or normal)", labels=labels),
+        "misses": CounterMetricFamily("pneumoscreen_qa_misses", "QA samples a reviewer called pneumonia",
+                                      labels=labels),
+        "upper": GaugeMetricFamily("pneumoscreen_qa_miss_rate_upper",
+                                   "One-sided 95% upper bound on the miss rate among unflagged NORMAL calls",
+                                   labels=labels),
+        "target": GaugeMetricFamily("pneumoscreen_qa_miss_rate_target", "The department's miss-rate target",
+                                    labels=labels),
+        "warning": GaugeMetricFamily("pneumoscreen_qa_miss_rate_warning", "1 when the upper bound passes the target",
+                                     labels=labels),
+    }
+    for rate in rates:
+        key = [rate.department, rate.model_version]
+        families["reads"].add_metric(key, rate.read)
+        families["misses"].add_metric(key, rate.pneumonia)
+        families["upper"].add_metric(key, rate.upper_one_sided)
+        families["target"].add_metric(key, rate.target)
+        families["warning"].add_metric(key, int(rate.warning))
+    yield from families.values()
 
 
 def _latency(rows) -> GaugeMetricFamily:

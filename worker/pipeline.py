@@ -15,9 +15,11 @@ from db.session import audit
 from models.heatmap import heatmap_png
 from models.imaging import ImageDecodeError, decode_image, to_png
 from models.operating_point import OperatingPoint
+from models.reasons import FlagReason
 from models.screener import Finding, Screener
 from studies.calibrations import active_by_department, point_of
 from studies.duplicates import resolve_duplicates
+from studies.qa import draw, shares_by_department
 from studies.scope import scope_reasons
 
 logger = logging.getLogger(__name__)
@@ -69,9 +71,13 @@ def _decode(data: bytes) -> Outcome:
         return Outcome(error=str(exc))
 
 
-def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Screener, study_ids: list[int]) -> dict:
-    """Screen the given studies and store the results; safe to run twice on the same ids."""
-    claimed = _claim(sessions, study_ids)
+def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Screener, study_ids: list[int],
+              qa_share: float = 0.0) -> dict:
+    """Screen the given studies and store the results; safe to run twice on the same ids.
+
+    `qa_share` of the unflagged NORMAL calls become quality-check samples (a department's own share wins).
+    """
+    claimed = _claim(sessions, study_ids, qa_share)
     blobs, missing = [], {}
     for claim in claimed:
         try:
@@ -99,11 +105,12 @@ class _Claim:
 
     study_id: int
     storage_key: str
+    qa_share: float
     calibration_id: int | None = None
     point: OperatingPoint | None = None
 
 
-def _claim(sessions: sessionmaker[Session], study_ids: list[int]) -> list[_Claim]:
+def _claim(sessions: sessionmaker[Session], study_ids: list[int], qa_share: float) -> list[_Claim]:
     """Mark the studies running in one short transaction; studies tried too often end in error."""
     with sessions.begin() as session:
         session.execute(
@@ -119,12 +126,14 @@ def _claim(sessions: sessionmaker[Session], study_ids: list[int]) -> list[_Claim
         rows = session.execute(
             select(Study.id, Study.storage_key, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
             .where(Study.id.in_(study_ids), Study.status == StudyStatus.RUNNING).order_by(Study.id)).all()
-        calibrations = active_by_department(session, {row.department_id for row in rows})
+        departments = {row.department_id for row in rows}
+        calibrations = active_by_department(session, departments)
+        shares = shares_by_department(session, departments, qa_share)
     claims = []
     for row in rows:
-        calibration = calibrations.get(row.department_id)
-        claims.append(_Claim(row.id, row.storage_key) if calibration is None else
-                      _Claim(row.id, row.storage_key, calibration.id, point_of(calibration)))
+        calibration, share = calibrations.get(row.department_id), shares[row.department_id]
+        claims.append(_Claim(row.id, row.storage_key, share) if calibration is None else
+                      _Claim(row.id, row.storage_key, share, calibration.id, point_of(calibration)))
     return claims
 
 
@@ -146,27 +155,28 @@ def _record(sessions: sessionmaker[Session], screener: Screener, claimed: list[_
                 audit(session, None, "study.error", "study", study_id, reason=outcome.error)
                 counts["error"] += 1
                 continue
-            _store_finding(session, screener, study, outcome.finding, claim.calibration_id)
+            _store_finding(session, screener, study, outcome.finding, claim)
             counts["done"] += 1
         resolve_duplicates(session, study_ids)  # the same file uploaded again meanwhile
     logger.info("batch of %d studies: %s", len(study_ids), counts)
     return counts
 
 
-def _store_finding(session: Session, screener: Screener, study: Study, finding: Finding,
-                   calibration_id: int | None) -> None:
+def _store_finding(session: Session, screener: Screener, study: Study, finding: Finding, claim: _Claim) -> None:
     study.status, study.error = StudyStatus.DONE, None
     session.add(Prediction(
         study_id=study.id, model_name=screener.name, model_version=screener.version,
         probability=float(finding.probability), prediction=finding.prediction,
-        threshold=float(finding.threshold), site_calibration_id=calibration_id,
+        threshold=float(finding.threshold), site_calibration_id=claim.calibration_id,
         crop_box=[float(v) for v in finding.crop_box], details=finding.details))
     audit(session, None, "study.result", "study", study.id, prediction=finding.prediction,
           probability=round(float(finding.probability), 4), model_version=screener.version,
-          site_calibration_id=calibration_id)
+          site_calibration_id=claim.calibration_id)
     # DICOM scope: non-radiographs, adults and lateral-only studies are flagged out_of_scope (studies/scope.py).
     # The pixel gate's out_of_scope comes among the model's own reasons.
     reasons = scope_reasons(session, study, list(finding.reasons))
+    if not reasons and finding.prediction == "NORMAL" and draw(claim.qa_share):
+        reasons = [FlagReason.QA_SAMPLE]  # the department's miss rate, measured (studies/qa.py)
     if reasons:
         session.add(ReviewFlag(study_id=study.id, reasons=[str(reason) for reason in reasons]))
         audit(session, None, "study.flag", "study", study.id, reasons=[str(reason) for reason in reasons])

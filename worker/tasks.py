@@ -22,6 +22,7 @@ def screen_studies(self, study_ids: list[int]) -> dict:
     token = bind(task_id=self.request.id, first_study=min(study_ids), studies=len(study_ids))
     try:
         screener = pipeline.load_screener(services.settings.weights_dir)
-        return pipeline.run_batch(services.sessions, services.storage, screener, study_ids)
+        return pipeline.run_batch(services.sessions, services.storage, screener, study_ids,
+                                  qa_share=services.settings.qa_share)
     finally:
         unbind(token)

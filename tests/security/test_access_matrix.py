@@ -44,6 +44,7 @@ ROUTES = [
     ("GET", "/batches/<int:batch_id>", "/batches/{batch}", 200, SIGNED_IN, True, None),
     ("GET", "/studies/<int:study_id>/<kind>.png", "/studies/{study}/thumb.png", 200, SIGNED_IN, True, None),
     ("GET", "/review/", "/review/", 200, REVIEWERS, False, None),
+    ("GET", "/qa", "/qa", 200, REVIEWERS, False, None),
     ("GET", "/review/<int:study_id>", "/review/{study}", 200, REVIEWERS, True, None),
     ("POST", "/review/<int:study_id>", "/review/{study}", 302, REVIEWERS, True,
      _form(decision="normal", note="matrix")),

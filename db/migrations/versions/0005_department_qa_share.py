@@ -1,0 +1,26 @@
+"""department qa share
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-29 06:30:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0005'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('departments', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('qa_share', sa.Float(), nullable=True))
+
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('departments', schema=None) as batch_op:
+        batch_op.drop_column('qa_share')
+
