@@ -16,6 +16,7 @@ EXTENSION = "pneumoscreen"
 # The queue carries study ids only; the database holds each study's state.
 QUEUE = "screening"
 SCREEN_TASK = "pneumoscreen.screen_studies"
+CALIBRATE_TASK = "pneumoscreen.calibrate_sample"
 
 
 @dataclass
@@ -32,7 +33,11 @@ class Services:
         """Queue ids in chunks of the batch size: one task, one model run per chunk."""
         size = self.settings.batch_size
         for start in range(0, len(study_ids), size):
-            self.celery.send_task(SCREEN_TASK, args=[study_ids[start:start + size]], queue=QUEUE)
+            self.send(SCREEN_TASK, study_ids[start:start + size])
+
+    def send(self, task: str, *args: object) -> None:
+        """Queue one task by name (workers own the code; the sender needs only the name)."""
+        self.celery.send_task(task, args=list(args), queue=QUEUE)
 
 
 def attach(app: Flask, services: Services) -> None:

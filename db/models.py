@@ -160,6 +160,8 @@ class SiteCalibration(Base):
     roc_png: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # None: a proposal from the portal that no admin has accepted yet (never used for calls).
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     department: Mapped[Department] = relationship()
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from core.services import services_of
 from core.settings import Settings
 from db.migrate import upgrade
-from tests.helpers import POSTGRES_URL, StubScreener
+from tests.helpers import POSTGRES_URL, REDIS_URL, StubScreener
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +96,19 @@ def stub_screener(monkeypatch) -> StubScreener:
     stub = StubScreener()
     monkeypatch.setattr(pipeline, "load_screener", lambda weights_dir: stub)
     return stub
+
+
+@pytest.fixture
+def redis_app(tmp_path, database_url, tiny_weights):
+    """An app on PostgreSQL and Redis (its own Redis database number, emptied first)."""
+    from pneumoscreen.app import create_app
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    settings = Settings.from_env({
+        "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL, "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights),
+        "SECRET_KEY": "test", "PNEUMOSCREEN_BATCH_SIZE": "4"})
+    app = create_app(settings=settings)
+    yield app
+    services_of(app).engine.dispose()
+    redis.Redis.from_url(REDIS_URL).flushdb()

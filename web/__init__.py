@@ -9,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from core.logs import bind, unbind
 from core.services import current_services
-from web import admin, api, auth, batches, dicomweb, exports, fhir, metrics, qa, review
+from web import admin, api, auth, batches, calibration, dicomweb, exports, fhir, metrics, qa, review
 from web.context import close_db_session, csrf, drop_db_session
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ def init_web(app: Flask) -> None:
     """Register the blueprints, login, CSRF, request ids, error pages and the health check on `app`."""
     csrf.init_app(app)
     auth.login_manager.init_app(app)
-    for blueprint in (auth, batches, review, qa, api, admin, metrics, exports, fhir, dicomweb):
+    for blueprint in (auth, batches, review, qa, api, admin, calibration, metrics, exports, fhir, dicomweb):
         app.register_blueprint(blueprint.bp)
     csrf.exempt(dicomweb.bp)  # bearer tokens only: no cookie session can post there
     csrf.exempt(api.bp)

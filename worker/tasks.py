@@ -8,7 +8,8 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
 from core.logs import bind, unbind
-from core.services import SCREEN_TASK, current_services
+from core.services import CALIBRATE_TASK, SCREEN_TASK, current_services
+from studies.calibrations import propose_from_zip
 from worker import pipeline
 
 logger = logging.getLogger(__name__)
@@ -26,3 +27,11 @@ def screen_studies(self, study_ids: list[int]) -> dict:
                                   qa_share=services.settings.qa_share)
     finally:
         unbind(token)
+
+
+@shared_task(name=CALIBRATE_TASK, autoretry_for=(OperationalError, BrokerError), retry_backoff=2, max_retries=5)
+def calibrate_sample(storage_key: str, filename: str, department: str, miss_rate: float, actor_id: int) -> None:
+    """Screen a labelled zip from the portal and store the operating point it proposes."""
+    services = current_services()
+    screener = pipeline.load_screener(services.settings.weights_dir)
+    propose_from_zip(services, screener, storage_key, filename, department, miss_rate, actor_id)

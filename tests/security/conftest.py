@@ -8,6 +8,8 @@ from sqlalchemy import select
 from core.services import services_of
 from db.accounts import create_user, ensure_department, issue_token
 from db.models import ApiToken, ReviewFlag, Study
+from models.operating_point import Choice, OperatingPoint
+from studies.calibrations import Assessment, save_calibration
 from studies.files import Item
 from studies.intake import submit_batch
 from tests.helpers import StubScreener
@@ -44,5 +46,8 @@ def world(app) -> World:
     with services.sessions.begin() as session:
         assert session.scalar(select(ReviewFlag.reasons).where(ReviewFlag.study_id == study_id)) == ["near_threshold"]
         ids["spare_token"] = session.scalar(select(ApiToken.id).where(ApiToken.user_id == ids["spare_user"]))
+        choice = Choice(OperatingPoint(0.5, 0.3), 0.05, 30, 30, 0.9, 0.8, 1, 0.03, 0.1, 0.12)
+        ids["calibration"] = save_calibration(session, "Radiology", Assessment(choice, b"\x89PNG", "0" * 64, "t", []),
+                                              None, "matrix", accept=False).id
     ids.update(batch=batch.id, study=study_id)
     return World(tokens, ids)

@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from tests.helpers import bearer
+from tests.helpers import bearer, zip_bytes
 from tests.security.corpus import encode, film
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -22,6 +22,11 @@ def _film(world):
 
 def _new_user(world):
     return {"data": {"username": f"new{next(world.counter)}", "role": "uploader", "department": "Radiology"}}
+
+
+def _sample(world):
+    archive = zip_bytes({"NORMAL/a.png": encode(film(seed=next(world.counter)), "PNG")})
+    return {"data": {"department": "Radiology", "miss_rate": "0.05", "sample": (io.BytesIO(archive), "s.zip")}}
 
 
 def _form(**fields):
@@ -68,6 +73,12 @@ ROUTES = [
      _form()),
     ("GET", "/admin/audit", "/admin/audit", 200, ADMIN, False, None),
     ("GET", "/admin/audit.csv", "/admin/audit.csv", 200, ADMIN, False, None),
+    ("GET", "/admin/calibration", "/admin/calibration", 200, ADMIN, False, None),
+    ("POST", "/admin/calibration", "/admin/calibration", 302, ADMIN, False, _sample),
+    ("POST", "/admin/calibration/<int:record_id>/activate", "/admin/calibration/{calibration}/activate", 302, ADMIN,
+     False, _form()),
+    ("GET", "/admin/calibration/<int:record_id>/roc.png", "/admin/calibration/{calibration}/roc.png", 200, ADMIN,
+     False, None),
 ]
 
 

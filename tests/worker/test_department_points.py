@@ -5,15 +5,16 @@ from core.services import services_of
 from db.accounts import create_user, ensure_department
 from db.models import Batch, Study
 from models.operating_point import Choice, OperatingPoint
-from studies.calibrations import save_calibration
+from studies.calibrations import Assessment, save_calibration
 from studies.files import expand
 from studies.intake import submit_batch
 from tests.helpers import chest_films
 from worker import pipeline
 
 
-def _choice(threshold: float, band_low: float) -> Choice:
-    return Choice(OperatingPoint(threshold, band_low), 0.02, 50, 50, 1.0, 0.5, 0, 0.0, 0.06, 0.1)
+def _assessment(threshold: float, band_low: float) -> Assessment:
+    choice = Choice(OperatingPoint(threshold, band_low), 0.02, 50, 50, 1.0, 0.5, 0, 0.0, 0.06, 0.1)
+    return Assessment(choice, b"", "a" * 64, "tiny", [])
 
 
 def test_each_department_screens_with_its_own_point(app):
@@ -26,8 +27,10 @@ def test_each_department_screens_with_its_own_point(app):
             users[name] = create_user(session, name.lower().replace(" ", ""), "uploader", None,
                                       department_id=department.id).id
         # A calls everything pneumonia; B calls everything normal and flags it all as near the threshold.
-        ward_a = save_calibration(session, "Ward A", _choice(0.0, 0.0), "tiny", "a" * 64, None, None, "test").id
-        ward_b = save_calibration(session, "Ward B", _choice(1.0, 0.0), "tiny", "b" * 64, None, None, "test").id
+        ward_a = save_calibration(session, "Ward A", _assessment(0.0, 0.0), None, "test", accept=True).id
+        ward_b = save_calibration(session, "Ward B", _assessment(1.0, 0.0), None, "test", accept=True).id
+        # A proposal nobody accepted is never used.
+        save_calibration(session, "Ward C", _assessment(0.0, 0.0), None, "test", accept=False)
     for name in users:  # the same films in every department: never answered across departments
         batch, rejected = submit_batch(services, [item for n, d in films.items() for item in expand(n, d)],
                                        users[name], "api")

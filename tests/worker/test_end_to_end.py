@@ -3,31 +3,14 @@ import io
 import time
 
 import pytest
-import redis
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
 from core.services import services_of
-from core.settings import Settings
 from db.models import AuditEvent, Prediction, Study
-from pneumoscreen.app import create_app
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
-from tests.helpers import REDIS_URL, bearer, chest_films
+from tests.helpers import bearer, chest_films
 from tests.security.corpus import png_with_corrupt_pixels
-
-
-@pytest.fixture
-def redis_app(tmp_path, database_url, tiny_weights):
-    """An app on PostgreSQL and Redis (its own Redis database number, emptied first)."""
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    settings = Settings.from_env({
-        "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": database_url,
-        "REDIS_URL": REDIS_URL, "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights),
-        "SECRET_KEY": "test", "PNEUMOSCREEN_BATCH_SIZE": "4"})
-    app = create_app(settings=settings)
-    yield app
-    services_of(app).engine.dispose()
-    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 def _wait_for_batch(client, token, batch_id, timeout=120) -> dict:

@@ -35,6 +35,7 @@ def upgrade() -> None:
     sa.Column('roc_png', sa.LargeBinary(), nullable=True),
     sa.Column('created_by', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('accepted_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['created_by'], ['users.id'], name=op.f('fk_site_calibrations_created_by_users')),
     sa.ForeignKeyConstraint(['department_id'], ['departments.id'], name=op.f('fk_site_calibrations_department_id_departments')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_site_calibrations'))
