@@ -172,6 +172,8 @@ class Screener:
                    "mc_spread": round(float(out.mc_spread[i]), 4),
                    "crop_contrast": round(float(out.stats[i][STATS.index("crop_std")]), 4),
                    "crop_saturated": round(float(out.stats[i][STATS.index("saturated")]), 4),
+                   # Image statistics, kept so drift can be followed per department (studies/drift.py).
+                   "stats": {name: round(float(value), 5) for name, value in zip(STATS, out.stats[i])},
                    "heatmap": "Grad-CAM on the last conv block, lung-crop coordinates (crop_box on the film)"}
         return Finding(probability=prob, prediction="PNEUMONIA" if prob >= point.threshold else "NORMAL",
                        threshold=point.threshold, reasons=tuple(reasons), crop_box=out.boxes[i].box,

@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.commands import train_member
-from training.recalibrate import recalibrate
+from training.commands import recalibrate_bundle, train_member
 from training.segmenter import train_segmenter
 
 logger = logging.getLogger("training")
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.segmenter:
         meta = train_segmenter(args.data, args.out, epochs=args.epochs or 6, seed=args.seed, command=command)
     elif args.recalibrate:
-        meta = recalibrate(args.data, args.out, command=command)
+        meta = recalibrate_bundle(args.data, args.out, command)
     else:
         meta = train_member(args.data, args.out, args.segmenter_path or args.out / "segmenter.keras",
                             epochs=args.epochs or 16, member=args.member, command=command)

@@ -1,4 +1,5 @@
-"""What `pneumoscreen train` and `python -m training --classifier` run: train a member, then recalibrate."""
+"""What `pneumoscreen train` and `python -m training --classifier` run: train a member, then recalibrate,
+then write the drift reference; and `--recalibrate` alone (with its reference)."""
 import logging
 import sys
 import time
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from training.classifier import train_classifier
 from training.recalibrate import recalibrate
+from training.reference import write_reference
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +20,15 @@ def train_member(data_dir: Path, out_dir: Path, segmenter_path: Path, epochs: in
     """
     command = command or " ".join(sys.argv)
     started = time.monotonic()
-    logger.info("step 1/2: train classifier member %d on %s into %s", member, data_dir, out_dir)
+    logger.info("train classifier member %d on %s into %s", member, data_dir, out_dir)
     train_classifier(data_dir, out_dir, segmenter_path, epochs=epochs, member=member, command=command)
-    # Calibration, threshold, flag policy and scope gate come from the serving path over the same data.
-    logger.info("step 2/2: recalibrate the ensemble in %s (%.0fs so far)", out_dir, time.monotonic() - started)
-    return recalibrate(data_dir, out_dir, command=command)
+    logger.info("then recalibrate the ensemble in %s (%.0fs so far)", out_dir, time.monotonic() - started)
+    return recalibrate_bundle(data_dir, out_dir, command)
+
+
+def recalibrate_bundle(data_dir: Path, out_dir: Path, command: str) -> dict:
+    """Calibration, threshold, flag policy and scope gate from the serving path, then the drift reference."""
+    meta = recalibrate(data_dir, out_dir, command=command)
+    logger.info("then: the drift reference (validation films through the recalibrated bundle)")
+    write_reference(data_dir, out_dir, command)
+    return meta

@@ -10,7 +10,9 @@ from sqlalchemy import func, select
 
 from core.services import current_services
 from db.models import FINISHED, UNFINISHED, Prediction, ReviewFlag, Study, StudyStatus, as_utc, utcnow
+from studies.drift import Week, weekly
 from studies.qa import MissRate, miss_rates
+from web.qa import current_reference
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -47,6 +49,8 @@ class DatabaseCollector:
             latencies = session.execute(select(Study.created_at, Study.finished_at).where(
                 Study.status == StudyStatus.DONE, Study.finished_at >= now - LATENCY_WINDOW)).all()
             rates = miss_rates(session)
+            reference = current_reference()
+            weeks = weekly(session, reference) if reference is not None else []
         studies = GaugeMetricFamily("pneumoscreen_studies", "Studies by status", labels=["status"])
         for status in StudyStatus:
             studies.add_metric([status], by_status.get(status, 0))
@@ -69,6 +73,22 @@ class DatabaseCollector:
                                 value=recent / WINDOW.total_seconds())
         yield _latency(latencies)
         yield from _miss_rates(rates)
+        yield from _drift(weeks)
+
+
+def _drift(weeks: list[Week]):
+    """Each department's latest week: PSI per feature and whether it warns (studies/drift.py)."""
+    latest = {week.department: week for week in weeks}  # weeks come oldest first
+    psi = GaugeMetricFamily("pneumoscreen_drift_psi", "PSI against the validation films, latest week",
+                            labels=["department", "feature"])
+    warning = GaugeMetricFamily("pneumoscreen_drift_warning", "1 when the latest week shifted past the limits",
+                                labels=["department"])
+    for department, week in sorted(latest.items()):
+        for feature, value in week.psi.items():
+            psi.add_metric([department, feature], value)
+        warning.add_metric([department], int(bool(week.warnings)))
+    yield psi
+    yield warning
 
 
 def _miss_rates(rates: list[MissRate]):
