@@ -5,6 +5,7 @@ A share of the NORMAL calls that no flag sends to a person is drawn at random an
 estimates the department's miss rate, with an exact (Clopper–Pearson) interval, per model version.
 """
 import logging
+import math
 import random
 from dataclasses import dataclass
 
@@ -57,6 +58,11 @@ class MissRate:
     upper: float
     upper_one_sided: float  # the bound compared with the target
     target: float
+
+    @property
+    def reads_needed(self) -> int:
+        """Reads with no miss at all needed before the 95% bound can fall to the target."""
+        return math.ceil(math.log(0.05) / math.log(1.0 - self.target))
 
     @property
     def warning(self) -> bool:

@@ -87,7 +87,7 @@ def test_the_miss_rate_estimate_matches_a_hand_computation(app):
     assert rate.estimate == pytest.approx(3 / 36)
     assert rate.lower == pytest.approx(lower, abs=1e-4) and rate.upper == pytest.approx(upper, abs=1e-4)
     assert rate.upper_one_sided == pytest.approx(one_sided, abs=1e-4)
-    assert rate.target == 0.02 and rate.warning
+    assert rate.target == 0.02 and rate.warning and rate.reads_needed == 149  # 0.98 ** 149 < 0.05 < 0.98 ** 148
 
     client = app.test_client()
     login(client, "q-reviewer", "q-reviewer-password")
