@@ -1,23 +1,21 @@
 """A DICOM study's result: its images grouped by StudyInstanceUID, called from its frontal radiographs."""
 import logging
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import UNFINISHED, Study, StudyStatus
 from models.reasons import FlagReason
-from studies.scope import readable
+from studies.scope import readable, same_study
 
 logger = logging.getLogger(__name__)
 
 
 def study_images(session: Session, study: Study) -> list[Study]:
-    """The images of the same DICOM study (by StudyInstanceUID), or the image alone."""
+    """The images of the same DICOM study in the same department (studies.scope.same_study), or the image alone."""
     if not study.study_instance_uid:
         return [study]
-    return list(session.scalars(
-        select(Study).where(Study.study_instance_uid == study.study_instance_uid).order_by(Study.id)
-        .options(selectinload(Study.prediction), selectinload(Study.flag))))
+    return list(session.scalars(same_study(session, study).order_by(Study.id)
+                                .options(selectinload(Study.prediction), selectinload(Study.flag))))
 
 
 def study_result(session: Session, study: Study) -> dict:

@@ -9,10 +9,10 @@ A lateral next to a frontal film is not flagged: the study's result comes from i
 """
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import Select, and_, select
 from sqlalchemy.orm import Session
 
-from db.models import Study
+from db.models import Batch, Study
 from models.reasons import FlagReason
 
 logger = logging.getLogger(__name__)
@@ -86,10 +86,18 @@ def scope_reasons(session: Session, study: Study, model_reasons: list[FlagReason
     return [FlagReason.OUT_OF_SCOPE]
 
 
+def same_study(session: Session, study: Study) -> Select:
+    """The images of the study's DICOM study: same StudyInstanceUID and the same department (or, without one,
+    the same uploader). UIDs are not secrets: another department's upload must never join a study."""
+    owner = session.execute(select(Batch.department_id, Batch.created_by).where(Batch.id == study.batch_id)).one()
+    same_owner = (Batch.department_id == owner.department_id if owner.department_id is not None
+                  else and_(Batch.department_id.is_(None), Batch.created_by == owner.created_by))
+    return (select(Study).join(Batch, Study.batch_id == Batch.id)
+            .where(Study.study_instance_uid == study.study_instance_uid, same_owner))
+
+
 def _has_frontal_sibling(session: Session, study: Study) -> bool:
     if not study.study_instance_uid:
         return False
-    siblings = session.execute(
-        select(Study.modality, Study.view_position)
-        .where(Study.study_instance_uid == study.study_instance_uid, Study.id != study.id)).all()
-    return any(in_modality_scope(m) and is_frontal(v) for m, v in siblings)
+    siblings = session.scalars(same_study(session, study).where(Study.id != study.id)).all()
+    return any(in_modality_scope(sibling.modality) and is_frontal(sibling.view_position) for sibling in siblings)
