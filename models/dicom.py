@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.limits import MAX_PIXELS, ImageDecodeError
+from models.limits import ImageDecodeError, size_problem
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,7 @@ def _header_problem(ds) -> str | None:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric not in _GRAYSCALE:
         return f"DICOM image is {photometric}, not a grayscale radiograph"
-    if int(ds.Rows) * int(ds.Columns) > MAX_PIXELS:
-        return f"DICOM image is {ds.Columns}x{ds.Rows} px, over the {MAX_PIXELS:,} pixel limit"
-    return None
+    return size_problem(int(ds.Columns), int(ds.Rows), "DICOM image")  # the rule PNG/JPEG meet (models.imaging)
 
 
 def decode_dicom(data: bytes) -> np.ndarray:

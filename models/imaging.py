@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.dicom import check_dicom, decode_dicom, is_dicom
-from models.limits import MAX_PIXELS, MIN_SIDE, ImageDecodeError
+from models.limits import MAX_PIXELS, ImageDecodeError, size_problem
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ def check_image(data: bytes) -> str | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             _check_header(image)
-            if min(image.width, image.height) < MIN_SIDE:
-                return f"image is {image.width}x{image.height} px, too small for a chest film"
+            if problem := size_problem(image.width, image.height):
+                return problem
             return _check_complete(image)
     except ImageDecodeError as exc:
         return str(exc)

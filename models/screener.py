@@ -189,6 +189,15 @@ def member_files(classifier_meta: dict) -> list[str]:
     return [member["file"] for member in classifier_meta["members"]]
 
 
+def film_problem(image) -> str | None:
+    """Why `screen` would refuse this decoded film, or None: callers screening many films refuse it alone."""
+    try:
+        _checked(0, image)
+    except ValueError as exc:
+        return str(exc).removeprefix("image 0: ")
+    return None
+
+
 def _checked(index: int, image) -> np.ndarray:
     """The image as float32, or ValueError saying what is wrong with it."""
     where = f"image {index}"

@@ -19,9 +19,9 @@ class CountingScreener:
     def __getattr__(self, name):
         return getattr(self.screener, name)
 
-    def screen(self, images):
+    def screen(self, images, points=None):
         self.images += len(images)
-        return self.screener.screen(images)
+        return self.screener.screen(images, points)
 
 
 def _upload(client, token, files: dict[str, bytes]) -> int:
