@@ -8,7 +8,7 @@ from core.services import current_services
 from db.models import StudyStatus
 from studies.intake import submit_uploads
 from studies.reviews import record_decision
-from web.auth import roles_required
+from web.auth import by_bearer_token, roles_required
 from web.context import csrf, db_session
 from web.queries import batch_json, review_queue, visible_batch, visible_study
 
@@ -19,7 +19,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 @bp.before_request
 def _csrf_for_cookie_sessions():
     """Scripts send a bearer token; a browser session posting here must carry the CSRF token."""
-    if request.method != "GET" and "Authorization" not in request.headers and current_user.is_authenticated:
+    if request.method != "GET" and current_user.is_authenticated and not by_bearer_token():
         csrf.protect()
 
 

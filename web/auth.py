@@ -2,8 +2,9 @@
 import functools
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
@@ -55,7 +56,14 @@ def _load_from_token(req) -> CurrentUser | None:
     if user is None:
         return None
     db_session().commit()  # keeps the token's last-used time
+    g.bearer = True  # only a valid bearer token spares a request the CSRF check (web/api.py, web/dicomweb.py)
     return CurrentUser.of(user)
+
+
+def by_bearer_token() -> bool:
+    """True when a valid bearer token, not a session cookie, authenticated this request."""
+    current_user._get_current_object()  # loads the user, which sets the flag
+    return bool(g.get("bearer"))
 
 
 @login_manager.unauthorized_handler
@@ -100,13 +108,21 @@ def login():
             login_user(CurrentUser.of(user))
             audit(db_session(), user.id, "user.login", "user", user.id, address=address)
             db_session().commit()
-            target = request.args.get("next", "")
-            # Only local paths: never bounce a fresh login to another site.
-            return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+            return redirect(local_path(request.args.get("next", "")))
         audit(db_session(), None, "user.login_failed", "user", None, username=username, address=address)
         db_session().commit()
         flash("Wrong username or password.", "error")
     return render_template("login.html", form=form), 200 if request.method == "GET" else 401
+
+
+def local_path(target: str) -> str:
+    """`target` when it is a path on this site as a browser would read it, else "/": never bounce a fresh login
+    to another site. Browsers drop tabs and newlines from URLs and read a backslash as a slash."""
+    cleaned = "".join(char for char in target if char >= " " and char != "\x7f").replace("\\", "/")
+    parts = urlsplit(cleaned)
+    if not cleaned.startswith("/") or cleaned.startswith("//") or parts.scheme or parts.netloc:
+        return "/"
+    return cleaned
 
 
 def _throttled(username: str, address: str | None) -> bool:

@@ -10,6 +10,7 @@ from models.dicom import read_dataset
 from models.imaging import ImageDecodeError
 from studies.files import expand
 from studies.intake import submit_batch
+from web.auth import by_bearer_token
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -23,7 +24,7 @@ NOT_SUPPORTED = 0xA900  # "data set does not match SOP class": here, no grayscal
 @bp.before_request
 def _bearer_only():
     """Machines talk to this endpoint: a token (so no CSRF), and 401 (not a login page) without one."""
-    if "Authorization" not in request.headers or not current_user.is_authenticated:
+    if not current_user.is_authenticated or not by_bearer_token():
         return jsonify(error="authentication required: send 'Authorization: Bearer <token>'"), 401, {
             "WWW-Authenticate": "Bearer"}
     if current_user.role not in ("uploader", "admin"):
