@@ -32,6 +32,8 @@ class Settings:
     worker_pool: str = "prefork"
     worker_concurrency: int = 1
     secure_cookies: bool = False
+    # A portal session ends after this many minutes without a request.
+    session_idle_minutes: int = 30
     # DICOM listener: a study sent over C-STORE is complete after this many quiet seconds.
     dicom_quiet_s: int = 10
     # Sweeper (worker/sweeper.py): how often, and when a queued / running study counts as lost.
@@ -77,6 +79,7 @@ class Settings:
             worker_pool=worker_pool,
             worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 1, 1, 64),
             secure_cookies=_bool(env, "PNEUMOSCREEN_SECURE_COOKIES", False),
+            session_idle_minutes=_int(env, "PNEUMOSCREEN_SESSION_IDLE_MINUTES", 30, 1, 24 * 60),
             dicom_quiet_s=_int(env, "PNEUMOSCREEN_DICOM_QUIET_S", 10, 1, 3600),
             sweep_interval_s=_int(env, "PNEUMOSCREEN_SWEEP_INTERVAL_S", 60, 1, 86_400),
             stale_queued_s=_int(env, "PNEUMOSCREEN_STALE_QUEUED_S", 120, 1, 86_400),

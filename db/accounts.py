@@ -9,7 +9,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import ROLES, ApiToken, AuditEvent, Department, User, utcnow
+from db.models import ROLES, ApiToken, AuditEvent, Department, User, as_utc, utcnow
 from db.session import audit
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,27 @@ def check_password(session: Session, username: str, password: str) -> User | Non
     return user
 
 
-def recent_login_failures(session: Session, username: str, address: str | None, since: datetime) -> tuple[int, int]:
-    """Failed logins since `since`: (for this username, from this address), counted from the audit log."""
-    recent = select(func.count()).select_from(AuditEvent).where(
-        AuditEvent.action == "user.login_failed", AuditEvent.at >= since)
-    by_name = session.scalar(recent.where(AuditEvent.detail["username"].as_string() == username))
-    by_address = session.scalar(recent.where(AuditEvent.detail["address"].as_string() == address)) if address else 0
-    return by_name or 0, by_address or 0
+def failed_attempts(session: Session, username: str, address: str | None, since: datetime) -> tuple[int, int]:
+    """Login attempts that did not succeed since `since` (or since an admin unlocked the username):
+    (for this username, from this address), counted from the audit log. Attempts are written before the
+    password is checked, so parallel guesses count each other (web/auth.py)."""
+    unlocked = session.scalar(select(func.max(AuditEvent.at)).where(
+        AuditEvent.action == "user.unlock", AuditEvent.detail["username"].as_string() == username))
+    name_since = max(since, as_utc(unlocked)) if unlocked else since
+
+    def unanswered(key: str, value: str, after: datetime) -> int:
+        def count(action: str) -> int:
+            return session.scalar(select(func.count()).select_from(AuditEvent).where(
+                AuditEvent.action == action, AuditEvent.at >= after,
+                AuditEvent.detail[key].as_string() == value)) or 0
+        return count("user.login_attempt") - count("user.login")
+
+    return unanswered("username", username, name_since), unanswered("address", address, since) if address else 0
+
+
+def end_sessions(user: User) -> None:
+    """Every session cookie issued to `user` so far stops working (logout, disable, enable)."""
+    user.session_epoch = (user.session_epoch or 0) + 1
 
 
 def login_window(minutes: int) -> datetime:
@@ -102,6 +116,7 @@ def set_active(session: Session, user: User, active: bool, actor_id: int | None)
     """Disable or re-enable an account; a disabled account's sessions and tokens stop working."""
     if user.active != active:
         user.active = active
+        end_sessions(user)
         audit(session, actor_id, "user.enable" if active else "user.disable", "user", user.id)
 
 

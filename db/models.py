@@ -76,6 +76,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True)
     active: Mapped[bool] = mapped_column(default=True)
+    # Raised on logout and on disable/enable: every session cookie issued before stops working.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     tokens: Mapped[list["ApiToken"]] = relationship(back_populates="user")
 

@@ -1,5 +1,6 @@
 """The one factory: builds the Flask app (portal, API) and its Celery app for every entry point."""
 import logging
+from datetime import timedelta
 from typing import Mapping
 
 from celery import Celery, Task
@@ -25,6 +26,8 @@ def create_app(overrides: Mapping[str, object] | None = None, settings: Settings
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.secure_cookies,
+        # Signed with a timestamp Flask checks on every request, and refreshed by each: an idle timeout.
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.session_idle_minutes),
         REMEMBER_COOKIE_SECURE=settings.secure_cookies,
     )
     engine = make_engine(settings.database_url)

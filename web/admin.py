@@ -81,6 +81,19 @@ def toggle_active(user_id: int):
     return redirect(url_for("admin.users"))
 
 
+@bp.post("/users/<int:user_id>/unlock")
+@roles_required("admin")
+def unlock(user_id: int):
+    """Clear an account's failed logins: it may try again at once."""
+    user = db_session().get(User, user_id)
+    if user is None or not ActionForm().validate_on_submit():
+        abort(404 if user is None else 400)
+    audit(db_session(), current_user.id, "user.unlock", "user", user.id, username=user.username)
+    db_session().commit()
+    flash(f"{user.username} may log in again.", "info")
+    return redirect(url_for("admin.users"))
+
+
 @bp.route("/tokens", methods=["GET", "POST"])
 @roles_required("admin")
 def tokens():

@@ -4,13 +4,13 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
-from db.accounts import check_password, login_window, recent_login_failures, user_for_token
+from db.accounts import check_password, end_sessions, failed_attempts, login_window, user_for_token
 from db.models import User
 from db.session import audit
 from web.context import db_session
@@ -39,12 +39,17 @@ class CurrentUser(UserMixin):
         return cls(user.id, user.username, user.role, user.department_id)
 
 
+SESSION_EPOCH = "epoch"  # the user's session_epoch when this session was made
+
+
 @login_manager.user_loader
 def _load_user(user_id: str) -> CurrentUser | None:
     if request.headers.get("Authorization", "").startswith("Bearer "):
         return None  # an explicit token speaks for the request, not a session cookie riding along
     user = db_session().get(User, int(user_id))
-    return CurrentUser.of(user) if user is not None and user.active else None
+    if user is None or not user.active or session.get(SESSION_EPOCH) != user.session_epoch:
+        return None  # logged out, disabled or re-enabled since this cookie was issued
+    return CurrentUser.of(user)
 
 
 @login_manager.request_loader
@@ -98,15 +103,21 @@ def login():
     form = LoginForm()
     if form.validate_on_submit():
         username, address = form.username.data[:80], request.remote_addr
+        # The attempt is on record before the (slow) password check: parallel guesses count each other.
+        audit(db_session(), None, "user.login_attempt", "user", None, username=username, address=address)
+        db_session().commit()
         if _throttled(username, address):
             logger.warning("login throttled after repeated failures")
-            message = f"Too many failed logins: wait {LOGIN_WINDOW_MINUTES} minutes and try again."
+            message = (f"Too many failed logins: wait {LOGIN_WINDOW_MINUTES} minutes and try again, "
+                       "or ask an administrator to unlock the account.")
             flash(message, "error")
             return render_template("login.html", form=form), 429
         user = check_password(db_session(), username, form.password.data)
         if user is not None:
             login_user(CurrentUser.of(user))
-            audit(db_session(), user.id, "user.login", "user", user.id, address=address)
+            session.permanent = True  # expires after PNEUMOSCREEN_SESSION_IDLE_MINUTES without a request
+            session[SESSION_EPOCH] = user.session_epoch
+            audit(db_session(), user.id, "user.login", "user", user.id, username=username, address=address)
             db_session().commit()
             return redirect(local_path(request.args.get("next", "")))
         audit(db_session(), None, "user.login_failed", "user", None, username=username, address=address)
@@ -126,14 +137,18 @@ def local_path(target: str) -> str:
 
 
 def _throttled(username: str, address: str | None) -> bool:
-    by_name, by_address = recent_login_failures(db_session(), username, address, login_window(LOGIN_WINDOW_MINUTES))
-    return by_name >= MAX_FAILURES_PER_USERNAME or by_address >= MAX_FAILURES_PER_ADDRESS
+    # The counts include this attempt.
+    by_name, by_address = failed_attempts(db_session(), username, address, login_window(LOGIN_WINDOW_MINUTES))
+    return by_name > MAX_FAILURES_PER_USERNAME or by_address > MAX_FAILURES_PER_ADDRESS
 
 
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    user = db_session().get(User, current_user.id)
+    end_sessions(user)  # a copy of this session's cookie is worthless from now on
     audit(db_session(), current_user.id, "user.logout", "user", current_user.id)
     db_session().commit()
     logout_user()
+    session.clear()
     return redirect(url_for("auth.login"))

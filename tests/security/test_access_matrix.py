@@ -68,6 +68,7 @@ ROUTES = [
     ("GET", "/admin/users", "/admin/users", 200, ADMIN, False, None),
     ("POST", "/admin/users", "/admin/users", 302, ADMIN, False, _new_user),
     ("POST", "/admin/users/<int:user_id>/active", "/admin/users/{spare_user}/active", 302, ADMIN, False, _form()),
+    ("POST", "/admin/users/<int:user_id>/unlock", "/admin/users/{spare_user}/unlock", 302, ADMIN, False, _form()),
     ("GET", "/admin/tokens", "/admin/tokens", 200, ADMIN, False, None),
     ("POST", "/admin/tokens", "/admin/tokens", 200, ADMIN, False,
      _form(user_id=lambda w: w.ids["spare_user"], name=lambda w: f"t{next(w.counter)}")),

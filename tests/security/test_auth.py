@@ -27,7 +27,7 @@ def test_old_failures_do_not_count(app, world):
     for _ in range(5):
         login(client, "admin", "wrong-password")
     with services.sessions.begin() as session:
-        for event in session.scalars(select(AuditEvent).where(AuditEvent.action == "user.login_failed")):
+        for event in session.scalars(select(AuditEvent).where(AuditEvent.action.startswith("user.login"))):
             event.at = utcnow() - timedelta(minutes=16)
     assert login(client, "admin", "admin-password").status_code == 302
 

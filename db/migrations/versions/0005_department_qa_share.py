@@ -21,6 +21,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # SQLite rebuilds the table to drop a column; other tables' rows point at it, so check keys after, not during.
+    sqlite = op.get_bind().dialect.name == 'sqlite'
+    if sqlite:
+        op.execute('PRAGMA foreign_keys=OFF')
     with op.batch_alter_table('departments', schema=None) as batch_op:
         batch_op.drop_column('qa_share')
+    if sqlite:
+        op.execute('PRAGMA foreign_keys=ON')
 
