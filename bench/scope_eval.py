@@ -5,8 +5,9 @@ Every group is held out from the learned gate's fit: pediatric validation films 
 limit was set on them, with other dressing draws than here), each "dressing" of them, the 30% of each
 scope/ group the gate never saw (training/gate.py `scope_split`), and the adult DICOMs as decoded, min-max
 and percentile-stretched. kermany-fullsize is training-split patients (their 224 px copies were fitted
-on). "statistics gate" is the gate before the learned part (feature distance + image statistics, fitted
-as before); "whole gate" is what serving flags.
+on). "statistics gate" is the shipped gate's guard part alone (feature distance + image statistics, with
+its widened limits), "learned" its logistic part alone; "whole gate" is what serving flags. For the
+gate before the learned part, run this with --weights on a copy of the bundle holding the old scope.npz.
 """
 import argparse
 import json
@@ -42,7 +43,8 @@ def summarize(screener: Screener, out: BatchOutput) -> dict:
     before = np.maximum(scope["feature"], scope["stats"]) >= 1
     after = scope["score"] >= 1
     pneumonia = out.probability >= screener.threshold
-    return {"n": len(out), "statistics_gate": int(before.sum()), "learned": int((scope["learned"] >= 1).sum()),
+    learned = scope.get("learned", np.zeros(len(out)))
+    return {"n": len(out), "statistics_gate": int(before.sum()), "learned": int((learned >= 1).sum()),
             "whole_gate": int(after.sum()), "share_before": round(float(before.mean()), 4),
             "share_after": round(float(after.mean()), 4),
             "unflagged_pneumonia_calls": int((pneumonia & ~after).sum()),
@@ -110,11 +112,11 @@ def main() -> None:
               "per_image": per_image}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| group | n | statistics gate (before) | whole gate (after) | unflagged PNEUMONIA calls |")
-    print("|---|---|---|---|---|")
+    print("| group | n | statistics gate alone | learned part alone | whole gate | unflagged PNEUMONIA calls |")
+    print("|---|---|---|---|---|---|")
     for name, s in result["groups"].items():
-        print(f"| {name} | {s['n']} | {s['statistics_gate']} ({s['share_before']:.1%}) | "
-              f"{s['whole_gate']} ({s['share_after']:.1%}) | {s['unflagged_pneumonia_calls']} |")
+        print(f"| {name} | {s['n']} | {s['statistics_gate']} ({s['share_before']:.1%}) | {s['learned']} | "
+              f"**{s['whole_gate']} ({s['share_after']:.1%})** | {s['unflagged_pneumonia_calls']} |")
 
 
 if __name__ == "__main__":

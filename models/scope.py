@@ -44,7 +44,7 @@ def image_stats(films: np.ndarray, masks: np.ndarray, crops: np.ndarray) -> np.n
 
 @dataclass
 class ScopeModel:
-    """Fitted gate parameters, saved as scope.npz beside the weights (~130 KB)."""
+    """Fitted gate parameters, saved as scope.npz beside the weights (~380 KB)."""
 
     means: np.ndarray        # (2, D) class means of the pooled features
     components: np.ndarray   # (D, K) top principal directions of the within-class covariance

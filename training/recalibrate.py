@@ -21,7 +21,8 @@ from models.scope import STATS, fit_scope
 from models.screener import BatchOutput, Screener
 from training.data import list_images, load_films, patient_split
 from training.evaluate import binary_metrics
-from training.gate import DRESSINGS, HOLDOUT_SHARE, MAX_VAL_FLAG_SHARE, fit_gate, gate_material
+from training.gate import (DRESSINGS, GUARD_SHARE, HOLDOUT_SEED, HOLDOUT_SHARE, L2, MAX_VAL_FLAG_SHARE,
+                           SYNTHETIC_FILMS, fit_gate, gate_material)
 
 logger = logging.getLogger(__name__)
 
@@ -120,24 +121,29 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str, scope_dir: Path
     calibration = Calibration.fit(val_out.logit, y_val)
     probs = calibration(val_out.logit)
     threshold = choose_threshold(probs, y_val, TARGET_SENSITIVITY)
-    scope = fit_scope(train_out.features, labels[train], train_out.stats)
     scope_dir = Path(scope_dir) if scope_dir else Path(data_dir).parent / "scope"
     learned = None
     if (scope_dir / "manifest.csv").is_file():
         rows = gate_material(screener, films, out.features, out.stats, train, val, scope_dir)
-        scope, report = fit_gate(scope, rows, train, val, labels)
+        scope, report = fit_gate(rows, train, val, labels, len(STATS))
         fit_films = len(rows["scope_groups"]) - int(round(len(rows["scope_groups"]) * HOLDOUT_SHARE))
-        learned = {"fitted_on": f"{len(train)} training-split films and as many dressed copies against "
-                                f"~{fit_films} films of {scope_dir.name}/ (70% of each group) and dressed copies",
-                   "dressings": list(DRESSINGS),
+        learned = {"fitted_on": f"{len(train)} training-split films and one dressed copy of each, against "
+                                f"{fit_films} films of {scope_dir.name}/ (70% of each group, seed {HOLDOUT_SEED}) "
+                                f"and one dressed copy of each, and {3 * SYNTHETIC_FILMS} training films inverted "
+                                "or rotated 90/180 degrees",
+                   "dressings": list(DRESSINGS), "l2": L2,
                    "limit": round(scope.gate_limit, 4),
+                   "guard_rule": "statistics gate fitted on training films and their dressed copies, its limits "
+                                 f"scaled by guard_factor so it flags <= {GUARD_SHARE:.1%} of validation films, "
+                                 "undressed and under every dressing, pooled",
                    "limit_rule": f"lowest learned limit keeping the whole gate's flags on <= {MAX_VAL_FLAG_SHARE:.1%} "
-                                 "of validation films, undressed and under every dressing, pooled",
-                   "validation_flags": report}
+                                 "of those pooled validation films",
+                   **report}
         del rows
     else:
         logger.warning("no out-of-scope films at %s (manifest.csv): the learned gate is skipped, scope.npz "
                        "holds the statistics gate only", scope_dir)
+        scope = fit_scope(train_out.features, labels[train], train_out.stats)
     scope.save(weights_dir / "scope.npz")
     screener.scope = scope
     stats = train_out.stats
@@ -164,10 +170,11 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str, scope_dir: Path
                             "32 MC-dropout masks >= threshold; "
                             f"low_quality: crop contrast below / saturated share above the {QUALITY_QUANTILE:.1%} "
                             "tails of the training crops",
-        "scope": {"file": "scope.npz", "fitted_on": f"{len(train)} training-split films",
+        "scope": {"file": "scope.npz", "fitted_on": f"{len(train)} training-split films"
+                  + (" and one dressed copy of each" if learned else ""),
                   "rule": "score = max(feature distance / its 99.5th, each statistic |z| / its 99.9th training "
-                          "percentile (mask area: 99.5th), learned odds / odds at its limit); "
-                          "out_of_scope when >= 1",
+                          "percentile (mask area: 99.5th), both times learned.guard_factor when the learned part "
+                          "is fitted; learned odds / odds at its limit); out_of_scope when >= 1",
                   "val_false_flag_share": round(float((val_scope >= 1).mean()), 4),
                   "learned": learned},
         "validation": {**binary_metrics(probs, y_val, threshold), "at_0.5": binary_metrics(probs, y_val, 0.5),
