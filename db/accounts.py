@@ -8,11 +8,15 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from zxcvbn import zxcvbn
 
 from db.models import ROLES, ApiToken, AuditEvent, Department, User, as_utc, utcnow
 from db.session import audit
 
 logger = logging.getLogger(__name__)
+MIN_PASSWORD = 8
+# zxcvbn scores 0-4; 2 and up resist online guessing, which the login throttle limits further.
+MIN_STRENGTH = 2
 _hasher = PasswordHasher()
 
 
@@ -39,6 +43,8 @@ def create_user(session: Session, username: str, role: str, password: str | None
         raise ValueError("username must be 1 to 80 characters")
     if session.scalar(select(User).where(User.username == username)):
         raise ValueError(f"user {username!r} already exists")
+    if password is not None and (problem := password_problem(password, username)):
+        raise ValueError(problem)
     # An unusable hash: no password verifies against it.
     password_hash = _hasher.hash(password) if password else "!"
     user = User(username=username, role=role, password_hash=password_hash, department_id=department_id)
@@ -47,6 +53,21 @@ def create_user(session: Session, username: str, role: str, password: str | None
     audit(session, actor_id, "user.create", "user", user.id, username=username, role=role,
           department_id=department_id)
     return user
+
+
+def password_problem(password: str, username: str) -> str | None:
+    """Why `password` will not do, or None. Passwords are used exactly as typed, never stripped: one that
+    starts or ends with white space is refused rather than silently changed. zxcvbn estimates how guessable
+    it is (common passwords, words, names, keyboard patterns, the username)."""
+    if len(password) < MIN_PASSWORD:
+        return f"password must be at least {MIN_PASSWORD} characters"
+    if password != password.strip():
+        return "password must not start or end with a space"
+    strength = zxcvbn(password[:100], user_inputs=[username, "pneumoscreen", "radiology"])
+    if strength["score"] < MIN_STRENGTH:
+        advice = strength["feedback"]["warning"] or "it is easy to guess"
+        return f"password is too easy to guess ({advice.rstrip('.')}): use a few unrelated words"
+    return None
 
 
 def check_password(session: Session, username: str, password: str) -> User | None:

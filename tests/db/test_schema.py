@@ -57,7 +57,18 @@ def test_tokens_are_stored_hashed_and_audited(sessions):
 def test_bad_role_and_duplicate_user_are_refused(sessions):
     with sessions.begin() as session:
         with pytest.raises(ValueError, match="role must be one of"):
-            create_user(session, "x", "superuser", "password1")
-        create_user(session, "x", "admin", "password1")
+            create_user(session, "x", "superuser", "a long passphrase")
+        create_user(session, "x", "admin", "a long passphrase")
         with pytest.raises(ValueError, match="already exists"):
-            create_user(session, "x", "admin", "password1")
+            create_user(session, "x", "admin", "a long passphrase")
+
+
+@pytest.mark.parametrize("password, problem", [
+    (" ", "at least 8 characters"), ("        ", "must not start or end with a space"),
+    (" padded passphrase", "must not start or end with a space"), ("password", "too easy to guess"),
+    ("password123", "too easy to guess"), ("qwertyuiop", "too easy to guess"), ("ana12345", "too easy to guess")])
+def test_weak_passwords_are_refused_with_a_reason(sessions, password, problem):
+    with sessions.begin() as session:
+        with pytest.raises(ValueError, match=problem):
+            create_user(session, "ana", "reviewer", password)
+        assert create_user(session, "ana", "reviewer", "violet ledger tramway").password_hash != "!"
