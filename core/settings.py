@@ -17,6 +17,15 @@ class ConfigError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class DicomCaller:
+    """A PACS or modality allowed to send to the DICOM listener, and the department its studies land in."""
+
+    ae_title: str
+    department: str
+    addresses: tuple[str, ...] = ()  # empty: from any address
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the portal, the worker and the CLI need to know about their surroundings."""
 
@@ -36,6 +45,8 @@ class Settings:
     session_idle_minutes: int = 30
     # DICOM listener: a study sent over C-STORE is complete after this many quiet seconds.
     dicom_quiet_s: int = 10
+    # Who may send to the DICOM listener (PNEUMOSCREEN_DICOM_CALLERS); nobody when empty.
+    dicom_callers: tuple[DicomCaller, ...] = ()
     # Sweeper (worker/sweeper.py): how often, and when a queued / running study counts as lost.
     sweep_interval_s: int = 60
     stale_queued_s: int = 120
@@ -81,6 +92,7 @@ class Settings:
             secure_cookies=_bool(env, "PNEUMOSCREEN_SECURE_COOKIES", False),
             session_idle_minutes=_int(env, "PNEUMOSCREEN_SESSION_IDLE_MINUTES", 30, 1, 24 * 60),
             dicom_quiet_s=_int(env, "PNEUMOSCREEN_DICOM_QUIET_S", 10, 1, 3600),
+            dicom_callers=dicom_callers(env.get("PNEUMOSCREEN_DICOM_CALLERS", "")),
             sweep_interval_s=_int(env, "PNEUMOSCREEN_SWEEP_INTERVAL_S", 60, 1, 86_400),
             stale_queued_s=_int(env, "PNEUMOSCREEN_STALE_QUEUED_S", 120, 1, 86_400),
             stale_running_s=_int(env, "PNEUMOSCREEN_STALE_RUNNING_S", 600, 1, 86_400),
@@ -116,6 +128,23 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def dicom_callers(raw: str) -> tuple[DicomCaller, ...]:
+    """PNEUMOSCREEN_DICOM_CALLERS: `AE=Department[@address,address];...`, e.g. `PACS1=Radiology@10.1.2.3;CR2=ICU`."""
+    callers = []
+    for entry in filter(None, (part.strip() for part in raw.split(";"))):
+        title, sep, rest = entry.partition("=")
+        department, _, addresses = rest.partition("@")
+        title, department = title.strip(), department.strip()
+        if not sep or not title or not department:
+            raise ConfigError(f"PNEUMOSCREEN_DICOM_CALLERS entry {entry!r} must read AE=Department[@address,...]")
+        if len(title) > 16 or "\\" in title or not title.isprintable():
+            raise ConfigError(f"PNEUMOSCREEN_DICOM_CALLERS: {title!r} is not a DICOM AE title (1-16 characters)")
+        if any(caller.ae_title == title for caller in callers):
+            raise ConfigError(f"PNEUMOSCREEN_DICOM_CALLERS names {title!r} twice")
+        callers.append(DicomCaller(title, department, tuple(a.strip() for a in addresses.split(",") if a.strip())))
+    return tuple(callers)
 
 
 def _share(env: Mapping[str, str], name: str, default: float) -> float:

@@ -139,22 +139,39 @@ def worker() -> None:
 
 
 @main.command("dicom-listen")
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; only behind a firewall or with --tls-*).")
 @click.option("--port", default=11112, show_default=True, type=int)
 @click.option("--ae-title", default="PNEUMOSCREEN", show_default=True)
 @click.option("--quiet-seconds", type=int, default=None,
               help="A study is complete after this long without a new image [default: PNEUMOSCREEN_DICOM_QUIET_S, 10].")
-def dicom_listen(host: str, port: int, ae_title: str, quiet_seconds: int | None) -> None:
-    """Receive studies from a PACS or modality (C-ECHO, C-STORE) and queue them for screening."""
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Serve DICOM over TLS with this certificate (PEM) ...")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="... and this private key (PEM).")
+@click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Also require callers' certificates signed by this CA (PEM).")
+def dicom_listen(host: str, port: int, ae_title: str, quiet_seconds: int | None, tls_cert: Path | None,
+                 tls_key: Path | None, tls_client_ca: Path | None) -> None:
+    """Receive studies from the PACS and modalities in PNEUMOSCREEN_DICOM_CALLERS (C-ECHO, C-STORE) and queue them."""
     from pneumoscreen.app import create_app
-    from pneumoscreen.dicom_listen import Listener
+    from pneumoscreen.dicom_listen import Listener, tls_context
 
     settings = _settings()
     _ready_database(settings)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.ClickException("TLS needs both --tls-cert and --tls-key")
     app = create_app(settings=settings)
-    click.echo(f"DICOM listener {ae_title} on {host}:{port}; Ctrl-C stops it")
     try:
-        Listener(services_of(app), ae_title, port, host, quiet_seconds).start()
+        context = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
+        listener = Listener(services_of(app), ae_title, port, host, quiet_seconds, ssl_context=context)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    callers = ", ".join(f"{c.ae_title} -> {c.department}" for c in settings.dicom_callers)
+    click.echo(f"DICOM listener {ae_title} on {host}:{port}{' (TLS)' if context else ''} for {callers}; "
+               "Ctrl-C stops it")
+    try:
+        listener.start()
     except KeyboardInterrupt:
         pass
 

@@ -5,17 +5,21 @@ becomes one batch through the same intake as uploads (studies.intake.submit_batc
 Patient name and id are never logged: only UIDs and the calling AE title.
 """
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from core.services import Services
-from db.accounts import create_user
+from core.settings import DicomCaller
+from db.accounts import create_user, ensure_department
 from db.models import User
+from db.session import audit
 from studies.files import Item, expand
 from studies.intake import submit_batch
 
@@ -29,19 +33,30 @@ SUCCESS, CANNOT_UNDERSTAND, NOT_SUPPORTED, OUT_OF_RESOURCES = 0x0000, 0xC000, 0x
 class _Pending:
     items: list[Item] = field(default_factory=list)
     last: float = 0.0
-    calling: str = ""
+    address: str = ""
 
 
 class Listener:
-    """The SCP and the quiet-time flusher; `start(block=False)` for tests, `start()` for the CLI."""
+    """The SCP and the quiet-time flusher; `start(block=False)` for tests, `start()` for the CLI.
 
-    def __init__(self, services: Services, ae_title: str = "PNEUMOSCREEN", port: int = 11112, host: str = "0.0.0.0",
-                 quiet_s: float | None = None):
-        self.services, self.address = services, (host, port)
+    Only callers on the allow-list (PNEUMOSCREEN_DICOM_CALLERS) are accepted, each from its listed addresses
+    when it has some; everything else is rejected at association and audited. Each caller's studies land in
+    its own department.
+    """
+
+    def __init__(self, services: Services, ae_title: str = "PNEUMOSCREEN", port: int = 11112,
+                 host: str = "127.0.0.1", quiet_s: float | None = None,
+                 callers: tuple[DicomCaller, ...] | None = None, ssl_context: ssl.SSLContext | None = None):
+        callers = services.settings.dicom_callers if callers is None else callers
+        if not callers:
+            raise ValueError("no DICOM caller is allowed: list them in PNEUMOSCREEN_DICOM_CALLERS "
+                             "(AE=Department[@address,...];...)")
+        self.services, self.address, self.ssl_context = services, (host, port), ssl_context
         self.quiet_s = services.settings.dicom_quiet_s if quiet_s is None else quiet_s
-        self.pending: dict[str, _Pending] = {}
+        self.pending: dict[tuple[str, str], _Pending] = {}
         self.lock, self.stopped = threading.Lock(), threading.Event()
         self.user_id = listener_user(services)
+        self.callers = {caller.ae_title: (caller, department_id(services, caller.department)) for caller in callers}
         self.ae = AE(ae_title=ae_title)
         self.ae.add_supported_context(Verification)
         # Every storage SOP class (CR, DX, CT...): out-of-scope modalities are stored and flagged, not refused.
@@ -52,16 +67,18 @@ class Listener:
     def start(self, block: bool = True) -> None:
         """Serve associations; flush quiet studies in a background thread."""
         threading.Thread(target=self._flush_loop, name="dicom-flush", daemon=True).start()
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
-        logger.info("DICOM listener %s on %s:%d (study complete after %ss quiet)",
-                    self.ae.ae_title, *self.address, self.quiet_s)
+        handlers = [(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store),
+                    (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        logger.info("DICOM listener %s on %s:%d%s for %s (study complete after %ss quiet)", self.ae.ae_title,
+                    *self.address, " with TLS" if self.ssl_context else "", ", ".join(self.callers), self.quiet_s)
+        server_args = {"evt_handlers": handlers, "ssl_context": self.ssl_context}
         if block:
             try:
-                self.ae.start_server(self.address, evt_handlers=handlers, block=True)
+                self.ae.start_server(self.address, block=True, **server_args)
             finally:
                 self.stop()
         else:
-            self.server = self.ae.start_server(self.address, evt_handlers=handlers, block=False)
+            self.server = self.ae.start_server(self.address, block=False, **server_args)
 
     def stop(self) -> None:
         """Stop accepting, then queue what has arrived so nothing received is lost."""
@@ -71,11 +88,25 @@ class Listener:
         self.stopped.set()
         self.flush(force=True)
 
+    def _on_request(self, event) -> None:
+        """Reject, before anything is sent, a caller not on the allow-list or not from its addresses."""
+        calling = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(event.assoc.requestor.address)
+        known = self.callers.get(calling)
+        if known is not None and (not known[0].addresses or address in known[0].addresses):
+            return
+        logger.warning("DICOM association from %s at %s rejected: not an allowed caller", calling, address)
+        with self.services.sessions.begin() as session:
+            audit(session, None, "dicom.rejected", "dicom", None, calling_ae=calling[:16], address=address)
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+        event.assoc.kill()  # as pynetdicom's own rejection does: the reject is sent before the socket closes
+
     def _on_store(self, event) -> int:
+        calling = str(event.assoc.requestor.ae_title).strip()
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # a data set pynetdicom cannot re-encode
-            logger.warning("C-STORE from %s: cannot encode data set: %s", event.assoc.requestor.ae_title, exc)
+            logger.warning("C-STORE from %s: cannot encode data set: %s", calling, exc)
             return CANNOT_UNDERSTAND
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         item = next(expand(f"dicom/{sop_uid}.dcm", data))
@@ -84,7 +115,9 @@ class Listener:
             return NOT_SUPPORTED
         study_uid = (item.meta.study_instance_uid if item.meta else None) or sop_uid
         with self.lock:
-            pending = self.pending.setdefault(study_uid, _Pending(calling=event.assoc.requestor.ae_title))
+            # A study is the caller's own: the same UID from two callers makes two studies.
+            pending = self.pending.setdefault((calling, study_uid),
+                                              _Pending(address=str(event.assoc.requestor.address)))
             pending.items.append(item)
             pending.last = time.monotonic()
         return SUCCESS
@@ -100,15 +133,33 @@ class Listener:
         """Queue every study quiet for `quiet_s` (all of them when `force`); returns the batch ids."""
         now = time.monotonic()
         with self.lock:
-            ready = [uid for uid, p in self.pending.items() if force or now - p.last >= self.quiet_s]
-            studies = [(uid, self.pending.pop(uid)) for uid in ready]
+            ready = [key for key, p in self.pending.items() if force or now - p.last >= self.quiet_s]
+            studies = [(key, self.pending.pop(key)) for key in ready]
         batch_ids = []
-        for study_uid, pending in studies:
-            batch, _ = submit_batch(self.services, pending.items, self.user_id, "dicom")
-            logger.info("DICOM study %s from %s: %d instances queued as batch %s", study_uid, pending.calling,
+        for (calling, study_uid), pending in studies:
+            batch, _ = submit_batch(self.services, pending.items, self.user_id, "dicom",
+                                    department_id=self.callers[calling][1],
+                                    sender={"calling_ae": calling, "address": pending.address})
+            logger.info("DICOM study %s from %s: %d instances queued as batch %s", study_uid, calling,
                         len(pending.items), batch.id)
             batch_ids.append(batch.id)
         return batch_ids
+
+
+def department_id(services: Services, name: str) -> int:
+    """The department a caller's studies land in, made when new."""
+    with services.sessions.begin() as session:
+        return ensure_department(session, name).id
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """TLS for DICOM (PS3.15 B.1 style): our certificate, and callers' certificates checked when a CA is given."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
 
 
 def listener_user(services: Services) -> int:

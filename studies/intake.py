@@ -19,9 +19,13 @@ def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], use
     return batch, rejected, len(items) - len(rejected)
 
 
-def submit_batch(services: Services, items: Iterable[Item], user_id: int,
-                 source: str) -> tuple[Batch | None, list[dict]]:
-    """Create a batch of the good items and queue it; returns (batch or None, rejected items)."""
+def submit_batch(services: Services, items: Iterable[Item], user_id: int, source: str,
+                 department_id: int | None = None, sender: dict | None = None) -> tuple[Batch | None, list[dict]]:
+    """Create a batch of the good items and queue it; returns (batch or None, rejected items).
+
+    The batch belongs to the uploader's department unless `department_id` says otherwise (the DICOM
+    listener files each caller's studies under its own department); `sender` goes into the audit entry.
+    """
     rejected, accepted = [], []
     for item in items:
         if item.error:
@@ -33,8 +37,9 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int,
         return None, rejected
     with services.sessions.begin() as session:
         uploader = session.get(User, user_id)
-        batch = Batch(created_by=user_id, source=source,
-                      department_id=uploader.department_id if uploader else None)
+        if department_id is None and uploader is not None:
+            department_id = uploader.department_id
+        batch = Batch(created_by=user_id, source=source, department_id=department_id)
         session.add(batch)
         session.flush()
         studies = [_study(batch.id, item, key, digest) for item, key, digest in accepted]
@@ -43,7 +48,7 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int,
         held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
         study_ids = [study.id for study in studies if study.id not in held]
         audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(studies),
-              rejected=len(rejected), source=source)
+              rejected=len(rejected), source=source, **(sender or {}))
     services.enqueue(study_ids)
     return batch, rejected
 

@@ -25,3 +25,19 @@ def test_switches_mean_what_they_say(value, expected):
 def test_a_switch_that_is_neither_on_nor_off_is_refused():
     with pytest.raises(ConfigError, match="PNEUMOSCREEN_SECURE_COOKIES must be on or off"):
         Settings.from_env({"PNEUMOSCREEN_SECURE_COOKIES": "enabled"})
+
+
+def test_dicom_callers_are_read_with_their_departments_and_addresses():
+    from core.settings import DicomCaller, dicom_callers
+
+    assert dicom_callers("PACS1=Radiology North@10.1.2.3, 10.1.2.4; CR2=ICU;") == (
+        DicomCaller("PACS1", "Radiology North", ("10.1.2.3", "10.1.2.4")), DicomCaller("CR2", "ICU"))
+    assert dicom_callers("") == ()
+
+
+@pytest.mark.parametrize("raw, message", [("PACS1", "must read AE=Department"), ("=Radiology", "must read"),
+                                          ("A_VERY_LONG_AE_TITLE_X=R", "not a DICOM AE title"),
+                                          ("PACS=R;PACS=S", "names 'PACS' twice")])
+def test_bad_dicom_callers_stop_the_start(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"PNEUMOSCREEN_DICOM_CALLERS": raw})

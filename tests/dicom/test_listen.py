@@ -9,7 +9,8 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 from sqlalchemy import select
 
 from core.services import services_of
-from db.models import Batch, Study
+from core.settings import DicomCaller
+from db.models import AuditEvent, Batch, Department, Study
 from pneumoscreen.dicom_listen import Listener
 from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k
 from tests.helpers import free_port
@@ -18,7 +19,8 @@ from tests.helpers import free_port
 @pytest.fixture
 def listener(app):
     services = services_of(app)
-    scp = Listener(services, "PNEUMOTEST", free_port(), "127.0.0.1", quiet_s=1)
+    scp = Listener(services, "PNEUMOTEST", free_port(), "127.0.0.1", quiet_s=1,
+                   callers=(DicomCaller("MODALITY", "Radiology"), DicomCaller("FARAWAY", "Radiology", ("10.9.9.9",))))
     scp.start(block=False)
     yield scp
     scp.stop()
@@ -73,3 +75,65 @@ def test_stop_queues_what_arrived(app, listener):
     listener.stop()
     with services_of(app).sessions() as session:
         assert len(session.scalars(select(Study)).all()) == 1
+
+
+def _rows(app, timeout: float = 15) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with services_of(app).sessions() as session:
+            rows = session.execute(select(Study, Batch).join(Batch)).all()
+            if rows:
+                return rows
+        time.sleep(0.3)
+    return []
+
+
+def test_only_allowed_callers_from_their_addresses_are_accepted_and_audited(app, listener):
+    stranger = AE(ae_title="STRANGER")
+    stranger.add_requested_context(ComputedRadiographyImageStorage, ExplicitVRLittleEndian)
+    assert stranger.associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST").is_rejected
+    # An allowed title from an address it is not listed for is refused too.
+    far = AE(ae_title="FARAWAY")
+    far.add_requested_context(ComputedRadiographyImageStorage, ExplicitVRLittleEndian)
+    assert far.associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST").is_rejected
+
+    assoc = _modality().associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST")
+    assert assoc.is_established and assoc.send_c_store(dataset(chest_pixels())).Status == 0x0000
+    assoc.release()
+    [(study, batch)] = _rows(app)
+    with services_of(app).sessions() as session:
+        assert session.get(Department, batch.department_id).name == "Radiology"
+        rejected = session.scalars(select(AuditEvent.detail).where(AuditEvent.action == "dicom.rejected")).all()
+        upload = session.scalar(select(AuditEvent.detail).where(AuditEvent.action == "batch.upload"))
+    assert sorted(event["calling_ae"] for event in rejected) == ["FARAWAY", "STRANGER"]
+    assert all(event["address"] == "127.0.0.1" for event in rejected)
+    assert upload["calling_ae"] == "MODALITY" and upload["address"] == "127.0.0.1"
+
+
+def test_a_listener_with_no_allowed_caller_does_not_start(app):
+    with pytest.raises(ValueError, match="PNEUMOSCREEN_DICOM_CALLERS"):
+        Listener(services_of(app), "PNEUMOTEST", free_port(), callers=())
+
+
+def test_dicom_over_tls(app, tmp_path):
+    import ssl
+    import subprocess
+
+    from pneumoscreen.dicom_listen import tls_context
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    scp = Listener(services_of(app), "PNEUMOTEST", free_port(), "127.0.0.1", quiet_s=1,
+                   callers=(DicomCaller("MODALITY", "Radiology"),), ssl_context=tls_context(cert, key, None))
+    scp.start(block=False)
+    try:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        assoc = _modality().associate("127.0.0.1", scp.address[1], ae_title="PNEUMOTEST",
+                                      tls_args=(client, "localhost"))
+        assert assoc.is_established and assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        # Without TLS the listener does not talk at all.
+        assert not _modality().associate("127.0.0.1", scp.address[1], ae_title="PNEUMOTEST").is_established
+    finally:
+        scp.stop()
