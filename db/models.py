@@ -219,6 +219,19 @@ class Review(Base):
     reviewer: Mapped[User] = relationship()
 
 
+class DicomPending(Base):
+    """An instance the DICOM listener has stored and acknowledged, waiting for its study to go quiet."""
+
+    __tablename__ = "dicom_pending"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), index=True)
+    address: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    storage_key: Mapped[str] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 class AuditEvent(Base):
     """Who did what to which object, and when."""
 

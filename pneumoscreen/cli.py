@@ -170,10 +170,16 @@ def dicom_listen(host: str, port: int, ae_title: str, quiet_seconds: int | None,
     callers = ", ".join(f"{c.ae_title} -> {c.department}" for c in settings.dicom_callers)
     click.echo(f"DICOM listener {ae_title} on {host}:{port}{' (TLS)' if context else ''} for {callers}; "
                "Ctrl-C stops it")
+    # `docker stop` sends SIGTERM: stop as on Ctrl-C, queueing what has arrived.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         listener.start()
     except KeyboardInterrupt:
         pass
+
+
+def _interrupt(*_args) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command("up")

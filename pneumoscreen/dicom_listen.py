@@ -1,39 +1,34 @@
 """DICOM network receive: a C-ECHO / C-STORE SCP that gathers instances by study and queues each study.
 
-A study counts as complete when no instance of it has arrived for `quiet_s` seconds; it then
-becomes one batch through the same intake as uploads (studies.intake.submit_batch).
+Each instance is kept (file in storage, row in `dicom_pending`) before it is acknowledged, so a
+success answer is never lost, whatever happens to the listener after it; when it cannot be kept the
+sender hears "out of resources" and sends again. A study counts as complete when no instance of it
+has arrived for `quiet_s` seconds; it then becomes one batch through the same intake as uploads
+(studies.intake.submit_batch). A listener that starts again queues what an earlier one kept.
 Patient name and id are never logged: only UIDs and the calling AE title.
 """
 import logging
 import ssl
 import threading
-import time
-from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from core.services import Services
 from core.settings import DicomCaller
 from db.accounts import create_user, ensure_department
-from db.models import User
+from db.models import DicomPending, User, utcnow
 from db.session import audit
-from studies.files import Item, expand
+from studies.files import expand
 from studies.intake import submit_batch
 
 logger = logging.getLogger(__name__)
 
 LISTENER_USER = "dicom-listener"
 SUCCESS, CANNOT_UNDERSTAND, NOT_SUPPORTED, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA900, 0xA700
-
-
-@dataclass
-class _Pending:
-    items: list[Item] = field(default_factory=list)
-    last: float = 0.0
-    address: str = ""
 
 
 class Listener:
@@ -53,7 +48,6 @@ class Listener:
                              "(AE=Department[@address,...];...)")
         self.services, self.address, self.ssl_context = services, (host, port), ssl_context
         self.quiet_s = services.settings.dicom_quiet_s if quiet_s is None else quiet_s
-        self.pending: dict[tuple[str, str], _Pending] = {}
         self.lock, self.stopped = threading.Lock(), threading.Event()
         self.user_id = listener_user(services)
         self.callers = {caller.ae_title: (caller, department_id(services, caller.department)) for caller in callers}
@@ -114,12 +108,16 @@ class Listener:
             logger.info("C-STORE %s refused: %s", sop_uid, item.error)
             return NOT_SUPPORTED
         study_uid = (item.meta.study_instance_uid if item.meta else None) or sop_uid
-        with self.lock:
-            # A study is the caller's own: the same UID from two callers makes two studies.
-            pending = self.pending.setdefault((calling, study_uid),
-                                              _Pending(address=str(event.assoc.requestor.address)))
-            pending.items.append(item)
-            pending.last = time.monotonic()
+        # Kept before it is acknowledged: the file in storage and a row saying it waits for its study.
+        # Whatever fails here, the sender hears a failure and sends again; a success is never lost.
+        try:
+            key, _ = self.services.storage.put_original(item.data)
+            with self.services.sessions.begin() as session:
+                session.add(DicomPending(calling_ae=calling[:16], address=str(event.assoc.requestor.address)[:64],
+                                         study_uid=study_uid[:64], filename=item.name[:512], storage_key=key))
+        except Exception:  # disk full, database locked or down: refuse this instance, not the listener
+            logger.exception("C-STORE %s from %s could not be kept; answered out of resources", sop_uid, calling)
+            return OUT_OF_RESOURCES
         return SUCCESS
 
     def _flush_loop(self) -> None:
@@ -130,20 +128,34 @@ class Listener:
                 logger.exception("queueing received DICOM studies failed; will retry")
 
     def flush(self, force: bool = False) -> list[int]:
-        """Queue every study quiet for `quiet_s` (all of them when `force`); returns the batch ids."""
-        now = time.monotonic()
-        with self.lock:
-            ready = [key for key, p in self.pending.items() if force or now - p.last >= self.quiet_s]
-            studies = [(key, self.pending.pop(key)) for key in ready]
+        """Queue every study quiet for `quiet_s` (all of them when `force`), also those kept before a restart;
+        returns the batch ids. A study's rows go only once its batch exists."""
+        quiet_since = utcnow() - timedelta(seconds=0 if force else self.quiet_s)
+        with self.lock, self.services.sessions() as session:
+            ready = session.execute(
+                select(DicomPending.calling_ae, DicomPending.study_uid).group_by(
+                    DicomPending.calling_ae, DicomPending.study_uid)
+                .having(func.max(DicomPending.received_at) <= quiet_since)).all()
         batch_ids = []
-        for (calling, study_uid), pending in studies:
-            batch, _ = submit_batch(self.services, pending.items, self.user_id, "dicom",
-                                    department_id=self.callers[calling][1],
-                                    sender={"calling_ae": calling, "address": pending.address})
-            logger.info("DICOM study %s from %s: %d instances queued as batch %s", study_uid, calling,
-                        len(pending.items), batch.id)
-            batch_ids.append(batch.id)
-        return batch_ids
+        for calling, study_uid in ready:
+            batch_ids.append(self._queue_study(calling, study_uid))
+        return [batch_id for batch_id in batch_ids if batch_id is not None]
+
+    def _queue_study(self, calling: str, study_uid: str) -> int | None:
+        with self.services.sessions() as session:
+            rows = session.scalars(select(DicomPending).where(
+                DicomPending.calling_ae == calling, DicomPending.study_uid == study_uid)
+                .order_by(DicomPending.id)).all()
+        items = [item for row in rows for item in expand(row.filename, self.services.storage.get(row.storage_key))]
+        known = self.callers.get(calling)
+        department = known[1] if known else department_id(self.services, "DICOM (caller no longer listed)")
+        batch, _ = submit_batch(self.services, items, self.user_id, "dicom", department_id=department,
+                                sender={"calling_ae": calling, "address": rows[0].address})
+        with self.services.sessions.begin() as session:
+            session.execute(delete(DicomPending).where(DicomPending.id.in_([row.id for row in rows])))
+        logger.info("DICOM study %s from %s: %d instances queued as batch %s", study_uid, calling, len(items),
+                    batch.id if batch else None)
+        return batch.id if batch else None
 
 
 def department_id(services: Services, name: str) -> int:

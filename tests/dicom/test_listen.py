@@ -137,3 +137,44 @@ def test_dicom_over_tls(app, tmp_path):
         assert not _modality().associate("127.0.0.1", scp.address[1], ae_title="PNEUMOTEST").is_established
     finally:
         scp.stop()
+
+
+def test_what_was_acknowledged_survives_a_crashed_listener(app):
+    services = services_of(app)
+    callers = (DicomCaller("MODALITY", "Radiology"),)
+    crashed = Listener(services, "PNEUMOTEST", free_port(), "127.0.0.1", quiet_s=3600, callers=callers)
+    crashed.start(block=False)
+    assoc = _modality().associate("127.0.0.1", crashed.address[1], ae_title="PNEUMOTEST")
+    assert assoc.send_c_store(dataset(chest_pixels(), study_uid="1.2.3.99")).Status == 0x0000
+    assoc.release()
+    crashed.server.shutdown()  # gone without flushing, as kill -9 would leave it
+    crashed.stopped.set()
+    with services.sessions() as session:
+        assert session.scalars(select(Study)).all() == []
+    successor = Listener(services, "PNEUMOTEST", free_port(), "127.0.0.1", quiet_s=1, callers=callers)
+    successor.start(block=False)
+    try:
+        [(study, _)] = _rows(app)
+        assert study.study_instance_uid == "1.2.3.99"
+    finally:
+        successor.stop()
+
+
+def test_an_instance_that_cannot_be_kept_is_refused_not_acknowledged(app, tmp_path):
+    from dataclasses import replace
+
+    from db.session import make_engine, make_session_factory
+
+    scp = Listener(services_of(app), "PNEUMOTEST", free_port(), "127.0.0.1", quiet_s=1,
+                   callers=(DicomCaller("MODALITY", "Radiology"),))
+    # The database goes away (a file in a folder that does not exist): nothing can be recorded.
+    scp.services = replace(scp.services, sessions=make_session_factory(make_engine(
+        f"sqlite:///{tmp_path / 'missing' / 'gone.db'}")))
+    scp.start(block=False)
+    try:
+        assoc = _modality().associate("127.0.0.1", scp.address[1], ae_title="PNEUMOTEST")
+        assert assoc.send_c_store(dataset(chest_pixels())).Status == 0xA700
+        assoc.release()
+    finally:
+        scp.server.shutdown()
+        scp.stopped.set()
