@@ -2,7 +2,7 @@
 import logging
 from typing import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.models import UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, utcnow
@@ -10,21 +10,17 @@ from db.session import audit
 from models.reasons import FlagReason
 
 logger = logging.getLogger(__name__)
+LOOKUP_CHUNK = 500
 
 
 def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
     """Point each study at an earlier one with the same content in the same department; returns the ids
     needing no inference. Never across departments: each has its own operating point and its own results."""
-    held = set()
+    held, studies = set(), sorted(studies, key=lambda study: study.id)
+    first = _first_copies(session, studies)
     for study in studies:
-        department_id = session.scalar(select(Batch.department_id).where(Batch.id == study.batch_id))
-        original = session.scalar(
-            select(Study).join(Batch, Study.batch_id == Batch.id)
-            .where(Study.content_sha256 == study.content_sha256, Study.id < study.id,
-                   Study.duplicate_of_id.is_(None), Study.status != StudyStatus.ERROR,
-                   Batch.department_id.is_not_distinct_from(department_id))
-            .order_by(Study.id).limit(1))
-        if original is None:
+        original = first.get((_department(session, study.batch_id), study.content_sha256))
+        if original is None or original.id >= study.id:
             continue
         study.duplicate_of_id = original.id
         held.add(study.id)
@@ -32,6 +28,29 @@ def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
         if original.status == StudyStatus.DONE:
             copy_result(session, original, study)
     return held
+
+
+def _department(session: Session, batch_id: int) -> int | None:
+    batch = session.get(Batch, batch_id)  # from the identity map after the first look
+    return batch.department_id
+
+
+def _first_copies(session: Session, studies: list[Study]) -> dict[tuple[int | None, str], Study]:
+    """(department, content hash) -> the earliest study that can answer for that content, in a few queries
+    (one per LOOKUP_CHUNK hashes) however many studies arrive: a large upload holds its transaction briefly."""
+    first: dict[tuple[int | None, str], Study] = {}
+    hashes = sorted({study.content_sha256 for study in studies})
+    departments = {_department(session, study.batch_id) for study in studies}
+    for start in range(0, len(hashes), LOOKUP_CHUNK):
+        rows = session.execute(
+            select(Study, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
+            .where(Study.content_sha256.in_(hashes[start:start + LOOKUP_CHUNK]), Study.duplicate_of_id.is_(None),
+                   Study.status != StudyStatus.ERROR, or_(*(Batch.department_id.is_not_distinct_from(department)
+                                                           for department in departments)))
+            .order_by(Study.id)).all()
+        for study, department_id in rows:
+            first.setdefault((department_id, study.content_sha256), study)
+    return first
 
 
 def resolve_duplicates(session: Session, original_ids: list[int]) -> int:

@@ -9,6 +9,7 @@ from studies.duplicates import link_duplicates
 from studies.files import Item, expand
 
 logger = logging.getLogger(__name__)
+INSERT_CHUNK = 500
 
 
 def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int,
@@ -42,14 +43,20 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
         batch = Batch(created_by=user_id, source=source, department_id=department_id)
         session.add(batch)
         session.flush()
-        studies = [_study(batch.id, item, key, digest) for item, key, digest in accepted]
-        session.add_all(studies)
-        session.flush()
-        held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
-        study_ids = [study.id for study in studies if study.id not in held]
-        audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(studies),
+        audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(accepted),
               rejected=len(rejected), source=source, **(sender or {}))
-    services.enqueue(study_ids)
+    # Short transactions of INSERT_CHUNK studies: a large upload never holds the database (SQLite: the
+    # whole file) for long, and each chunk is queued as soon as it is written. A chunk lost to a crash
+    # before it was queued is re-queued by the sweeper; its rows are already `queued`.
+    for start in range(0, len(accepted), INSERT_CHUNK):
+        chunk = accepted[start:start + INSERT_CHUNK]
+        with services.sessions.begin() as session:
+            studies = [_study(batch.id, item, key, digest) for item, key, digest in chunk]
+            session.add_all(studies)
+            session.flush()
+            held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
+            study_ids = [study.id for study in studies if study.id not in held]
+        services.enqueue(study_ids)
     return batch, rejected
 
 
