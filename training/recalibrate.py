@@ -68,8 +68,12 @@ def run_all(screener: Screener, films: np.ndarray) -> BatchOutput:
 def policy_shares(screener: Screener, policy: FlagPolicy, out: BatchOutput, labels: np.ndarray, threshold: float,
                   calibrate: Calibration) -> dict:
     """Share of false negatives flagged and of NORMAL calls flagged, overall and by reason."""
-    # Calibration and gate are being refitted: the probabilities and scores stored in `out` are stale.
+    # The gate is fitted after `out` was computed, so its scores are not in it; mc_high is a quantile of
+    # probabilities, so it must come from a run under `calibrate` itself.
     probs = calibrate(out.logit)
+    if not np.allclose(out.probability, probs, atol=1e-6):
+        raise ValueError("outputs computed under another calibration: their mc_high is stale; run the films "
+                         "again with screener.calibration set to the one scoring them")
     scores = screener.scope.scores(out.features, out.stats)["score"] if screener.scope else None
     reasons = [flag_reasons(policy, probs[i], threshold, out.mc_high[i], bool(out.crop_failed[i]), out.stats[i],
                             None if scores is None else {"score": scores[i]}) for i in range(len(probs))]
@@ -117,9 +121,13 @@ def recalibrate(data_dir: Path, weights_dir: Path, command: str, scope_dir: Path
     logger.info("recalibrate: %d films through the serving path in %.0fs", len(films), time.monotonic() - started)
 
     y_val = labels[val]
-    train_out, val_out = out.take(train), out.take(val)
-    calibration = Calibration.fit(val_out.logit, y_val)
-    probs = calibration(val_out.logit)
+    train_out = out.take(train)
+    calibration = Calibration.fit(out.take(val).logit, y_val)
+    # mc_high (the `uncertain` flag's input) is a quantile of probabilities under the calibration the
+    # screener ran with, which is classifier.json's old one: run the validation films again under the new.
+    screener.calibration = calibration
+    val_out = run_all(screener, films[val])
+    probs = val_out.probability
     threshold = choose_threshold(probs, y_val, TARGET_SENSITIVITY)
     scope_dir = Path(scope_dir) if scope_dir else Path(data_dir).parent / "scope"
     learned = None
