@@ -85,11 +85,11 @@ def figures(plt, probs, raw_probs, labels, threshold, perturbed, scope, examples
     fig.tight_layout(), fig.savefig(IMG / "threshold-robustness.png"), plt.close(fig)
 
     groups = scope["groups"]
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
     names = list(groups)
-    ax.barh(names, [groups[n]["out_of_scope_share"] for n in names], color="tab:orange")
+    fig, ax = plt.subplots(figsize=(6, 1 + 0.22 * len(names)), dpi=90)
+    ax.barh(names, [groups[n]["share_after"] for n in names], color="tab:orange")
     for i, n in enumerate(names):
-        ax.text(0.01, i, f"{groups[n]['out_of_scope_share']:.1%} of {groups[n]['n']}", va="center", fontsize=8)
+        ax.text(0.01, i, f"{groups[n]['share_after']:.1%} of {groups[n]['n']}", va="center", fontsize=8)
     ax.set(xlim=(0, 1), xlabel="share flagged out_of_scope", title="Out-of-scope gate")
     ax.invert_yaxis()
     fig.tight_layout(), fig.savefig(IMG / "scope.png"), plt.close(fig)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 logger = logging.getLogger(__name__)
+_TINY = 1e-9
 
 STATS = ("film_mean", "film_std", "crop_mean", "crop_std", "mask_area", "mask_confidence",
          "lung_contrast", "texture", "saturated")
@@ -61,7 +62,10 @@ class ScopeModel:
     def statistic_scores(self, features: np.ndarray, stats: np.ndarray) -> dict[str, np.ndarray]:
         """Feature-distance and image-statistic scores, and the larger of the two."""
         feature = feature_distance(self, features) / self.feature_limit
-        stat = (np.abs((stats - self.stat_center) / self.stat_scale) / self.stat_limit).max(axis=1)
+        # A statistic that never varied where the gate was fitted has a zero scale or limit: any change in it
+        # must count as far out, never as NaN (which no comparison flags).
+        z = np.abs(stats - self.stat_center) / np.maximum(self.stat_scale, _TINY)
+        stat = (z / np.maximum(self.stat_limit, _TINY)).max(axis=1)
         return {"feature": feature, "stats": stat, "score": np.maximum(feature, stat)}
 
     def learned_logit(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:

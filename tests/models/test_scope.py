@@ -96,3 +96,11 @@ def test_adult_dicom_films_are_out_of_scope(shipped, data_dir):
     scopes = {k: f.details["scope"] for k, f in findings.items()}
     assert oos(list(findings.values())) == [True] * len(findings), scopes
     assert all(scope["learned"] >= 1 for scope in scopes.values()), scopes
+
+
+def test_a_statistic_that_never_varied_counts_as_far_out_not_as_nan():
+    stats = len(STATS)
+    model = ScopeModel(np.zeros((2, 4)), np.eye(4)[:, :2], np.ones(2), 1.0, 1.0, np.zeros(stats), np.zeros(stats),
+                       np.zeros(stats))
+    scores = model.statistic_scores(np.zeros((2, 4)), np.array([np.zeros(stats), np.full(stats, 0.5)]))
+    assert not np.isnan(scores["score"]).any() and scores["stats"][1] >= 1.0
