@@ -18,6 +18,7 @@ from db.session import one_off_session
 
 logger = logging.getLogger(__name__)
 SHARED_DATA = PACKAGE_ROOT.parent / "shared" / "data"
+WEB_CONNECTIONS, WEB_IDLE_S = 200, 30
 CSV_COLUMNS = ["file", "status", "probability", "prediction", "flagged", "flag_reason", "error"]
 
 
@@ -123,7 +124,10 @@ def web(host: str, port: int) -> None:
     _ready_database(settings)
     app = create_app(settings=settings)
     click.echo(f"portal on http://{host}:{port}/")
-    serve(app, host=host, port=port, threads=8, max_request_body_size=app.config["MAX_CONTENT_LENGTH"])
+    # Bounded connections and an idle timeout: slow or idle clients cannot hold every thread (put a reverse
+    # proxy with its own limits and TLS in front in production: README, SECURITY.md).
+    serve(app, host=host, port=port, threads=8, max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+          connection_limit=WEB_CONNECTIONS, channel_timeout=WEB_IDLE_S, cleanup_interval=10)
 
 
 @main.command("worker")

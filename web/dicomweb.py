@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from flask_login import current_user
 
 from core.services import current_services
-from models.dicom import read_dataset
+from models.dicom import is_dicom, read_dataset
 from models.imaging import ImageDecodeError
 from studies.files import expand
 from studies.intake import submit_batch
@@ -48,6 +48,9 @@ def store_instances():
         part_type = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
         if part_type != "application/dicom":
             failed.append((uids, NOT_SUPPORTED, f"part {index + 1} is {part_type}, not application/dicom"))
+            continue
+        if not is_dicom(body):  # a JPEG or a zip labelled application/dicom is not a DICOM instance
+            failed.append((uids, CANNOT_UNDERSTAND, f"part {index + 1} is labelled application/dicom but is not DICOM"))
             continue
         item = next(expand(f"stow/{uids[1] or index + 1}.dcm", body))
         if item.error:

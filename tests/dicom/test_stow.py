@@ -60,3 +60,17 @@ def test_stow_all_good_all_bad_auth_and_media_type(app, users):
     assert _post(client, users["reviewer"], [("application/dicom", b"x")]).status_code == 403
     wrong = client.post("/dicomweb/studies", data=b"x", headers={**bearer(users["uploader"]), "Content-Type": "application/json"})
     assert wrong.status_code == 415
+
+
+def test_stow_refuses_a_jpeg_or_zip_labelled_dicom(app, users):
+    from tests.helpers import chest_film, zip_bytes
+
+    client = app.test_client()
+    response = _post(client, users["uploader"], [("application/dicom", chest_film(0)),
+                                                 ("application/dicom", zip_bytes({"a.dcm": to_bytes(dataset(
+                                                     chest_pixels()))}))])
+    assert response.status_code == 409
+    failed = response.get_json()[FAILED]["Value"]
+    assert len(failed) == 2 and all(item[FAILURE_REASON]["Value"][0] == 0xC000 for item in failed)
+    with services_of(app).sessions() as session:
+        assert session.scalars(select(Study)).all() == []
