@@ -9,6 +9,8 @@ import numpy as np
 from models.limits import ImageDecodeError, size_problem
 
 logger = logging.getLogger(__name__)
+# Pixels and inflated data set of one DICOM file: a chest film of 40 M px at 16 bits is 80 MB.
+MAX_DICOM_BYTES = 128 * 2**20
 
 # Groups a DICOM data set without preamble and file meta can start with (little endian).
 _BARE_GROUPS = (b"\x02\x00", b"\x08\x00")
@@ -52,6 +54,9 @@ def read_dataset(data: bytes, pixels: bool = True):
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    problem = _inflation_problem(data)
+    if problem:
+        raise ImageDecodeError(problem)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=not pixels)
     except Exception as exc:  # pydicom raises many kinds on a broken file; all mean "unreadable"
@@ -63,6 +68,34 @@ def read_dataset(data: bytes, pixels: bool = True):
         ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     return ds
+
+
+def _inflation_problem(data: bytes) -> str | None:
+    """A deflated data set (Deflated Explicit VR Little Endian) inflates to at most MAX_DICOM_BYTES: checked by
+    inflating into a bounded buffer before pydicom inflates it whole (a 600 KB file can hold gigabytes)."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    if data[128:132] != b"DICM":
+        return None  # no file meta: not deflated
+    try:
+        handle = io.BytesIO(data)
+        read_preamble(handle, force=False)
+        meta = _read_file_meta_info(handle)
+    except Exception:  # unreadable meta: dcmread says why
+        return None
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data[handle.tell():], MAX_DICOM_BYTES + 1)
+    except zlib.error as exc:
+        return f"deflated DICOM data set is corrupt: {exc}"
+    if len(inflated) > MAX_DICOM_BYTES or inflater.unconsumed_tail:
+        return f"deflated DICOM data set inflates beyond {MAX_DICOM_BYTES // 2**20} MB (possible bomb): refused"
+    return None
 
 
 def check_dicom(data: bytes) -> str | None:
@@ -80,7 +113,20 @@ def _header_problem(ds) -> str | None:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric not in _GRAYSCALE:
         return f"DICOM image is {photometric}, not a grayscale radiograph"
+    frames = _int_or(ds.get("NumberOfFrames"), 1)
+    stored = frames * int(ds.Rows) * int(ds.Columns) * _int_or(ds.get("SamplesPerPixel"), 1) \
+        * max(1, (_int_or(ds.get("BitsAllocated"), 16) + 7) // 8)
+    if frames < 1 or stored > MAX_DICOM_BYTES:
+        return (f"DICOM image holds {frames} frame(s) of {ds.Columns}x{ds.Rows} px, {stored / 2**20:.0f} MB of "
+                f"pixels (limit {MAX_DICOM_BYTES // 2**20} MB): send the radiograph alone")
     return size_problem(int(ds.Columns), int(ds.Rows), "DICOM image")  # the rule PNG/JPEG meet (models.imaging)
+
+
+def _int_or(value, default: int) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return -1  # a malformed count: refused above
 
 
 def decode_dicom(data: bytes) -> np.ndarray:
@@ -92,11 +138,11 @@ def decode_dicom(data: bytes) -> np.ndarray:
     if problem:
         raise ImageDecodeError(problem)
     try:
+        ds.pixel_array_options(index=0)  # the first frame only: a multi-frame file is never decoded whole
         stored = ds.pixel_array
     except Exception as exc:  # a missing codec plugin, a truncated frame, a broken JPEG 2000 stream...
-        raise ImageDecodeError(f"cannot decode DICOM pixel data ({ds.file_meta.TransferSyntaxUID.name}): {exc}") from None
-    if stored.ndim == 3:  # multi-frame: the first frame is the film
-        stored = stored[0]
+        syntax = ds.file_meta.TransferSyntaxUID.name
+        raise ImageDecodeError(f"cannot decode DICOM pixel data ({syntax}): {exc}") from None
     values = apply_modality_lut(stored, ds)
     if "VOILUTSequence" in ds:
         # A LUT is indexed by whole numbers: rescaled values are rounded back to integers first.
