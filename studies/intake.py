@@ -1,10 +1,11 @@
 """Accept what was handed over as a batch: store each good file, record its study, queue the new ones."""
 import logging
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from core.services import Services
 from db.models import Batch, Study, User
 from db.session import audit
+from models.dicom import DicomMeta
 from studies.duplicates import link_duplicates
 from studies.files import Item, expand
 
@@ -14,10 +15,21 @@ INSERT_CHUNK = 500
 
 def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int,
                    source: str) -> tuple[Batch | None, list[dict], int]:
-    """Expand uploaded files and zips, then submit them; returns (batch or None, rejected, accepted count)."""
-    items = [item for name, data in uploads for item in expand(name, data)]
-    batch, rejected = submit_batch(services, items, user_id, source)
-    return batch, rejected, len(items) - len(rejected)
+    """Expand uploaded files and zips, then submit them; returns (batch or None, rejected, accepted count).
+
+    One file or zip member at a time, from reading to storage: memory holds one member, never all of them.
+    """
+    handed_over = 0
+
+    def items() -> Iterator[Item]:
+        nonlocal handed_over
+        for name, data in uploads:
+            for item in expand(name, data):
+                handed_over += 1
+                yield item
+
+    batch, rejected = submit_batch(services, items(), user_id, source)
+    return batch, rejected, handed_over - len(rejected)
 
 
 def submit_batch(services: Services, items: Iterable[Item], user_id: int, source: str,
@@ -33,7 +45,7 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
             rejected.append({"filename": item.name, "error": item.error})
             continue
         key, digest = services.storage.put_original(item.data)
-        accepted.append((item, key, digest))
+        accepted.append((item.name, item.meta, key, digest))  # the bytes are in storage now: not kept here
     if not accepted:
         return None, rejected
     with services.sessions.begin() as session:
@@ -51,7 +63,7 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     for start in range(0, len(accepted), INSERT_CHUNK):
         chunk = accepted[start:start + INSERT_CHUNK]
         with services.sessions.begin() as session:
-            studies = [_study(batch.id, item, key, digest) for item, key, digest in chunk]
+            studies = [_study(batch.id, name, meta, key, digest) for name, meta, key, digest in chunk]
             session.add_all(studies)
             session.flush()
             held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
@@ -60,9 +72,8 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     return batch, rejected
 
 
-def _study(batch_id: int, item: Item, key: str, digest: str) -> Study:
-    study = Study(batch_id=batch_id, filename=item.name[:512], storage_key=key, content_sha256=digest)
-    meta = item.meta
+def _study(batch_id: int, name: str, meta: DicomMeta | None, key: str, digest: str) -> Study:
+    study = Study(batch_id=batch_id, filename=name[:512], storage_key=key, content_sha256=digest)
     if meta is not None:  # DICOM header facts; never patient name or id
         study.study_instance_uid, study.series_instance_uid = meta.study_instance_uid, meta.series_instance_uid
         study.sop_instance_uid, study.modality = meta.sop_instance_uid, meta.modality

@@ -56,7 +56,7 @@ def upload():
         flash("Choose at least one image or .zip file.", "error")
         return render_template("upload.html", form=form), 400
     batch, rejected, accepted = submit_uploads(
-        current_services(), [(f.filename, f.read()) for f in files], current_user.id, "portal")
+        current_services(), ((f.filename, f.read()) for f in files), current_user.id, "portal")
     for item in rejected:
         flash(f"{item['filename']}: {item['error']}", "error")
     if batch is None:
