@@ -11,6 +11,8 @@ from studies.files import Item, expand
 
 logger = logging.getLogger(__name__)
 INSERT_CHUNK = 500
+# Films in one batch (one request, one DICOM study): bounds what one upload costs the queue and reviewers.
+MAX_STUDIES = 5000
 
 
 def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int,
@@ -43,6 +45,10 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     for item in items:
         if item.error:
             rejected.append({"filename": item.name, "error": item.error})
+            continue
+        if len(accepted) >= MAX_STUDIES:
+            rejected.append({"filename": item.name, "error": f"over {MAX_STUDIES} films in one batch: send the "
+                                                             "rest in another upload"})
             continue
         key, digest = services.storage.put_original(item.data)
         accepted.append((item.name, item.meta, key, digest))  # the bytes are in storage now: not kept here

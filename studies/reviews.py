@@ -1,9 +1,10 @@
 """Review decisions on flagged studies (append-only, audited) and why a study was flagged, in words."""
 import logging
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Decision, FlagStatus, Review, Study
+from db.models import Decision, FlagStatus, Review, ReviewFlag, Study
 from db.session import audit
 from models.flags import REASON_TEXT
 from models.reasons import FlagReason
@@ -18,12 +19,25 @@ def record_decision(session: Session, study: Study, reviewer_id: int, decision: 
         raise ValueError(f"decision must be one of {', '.join(Decision)}, got {decision!r}")
     if study.flag is None:
         raise LookupError("this study is not flagged for review")
+    review = _decide(session, study, reviewer_id, decision, note)
+    # Copies of the same film in the department are not queued again (web.queries.review_queue): the
+    # decision on the first copy is theirs too.
+    copies = session.scalars(select(Study).join(ReviewFlag, ReviewFlag.study_id == Study.id).where(
+        Study.duplicate_of_id == study.id, ReviewFlag.status == FlagStatus.OPEN)).all()
+    for copy in copies:
+        _decide(session, copy, reviewer_id, decision, note, decided_on=study.id)
+    return review
+
+
+def _decide(session: Session, study: Study, reviewer_id: int, decision: str, note: str,
+            decided_on: int | None = None) -> Review:
     review = Review(flag_id=study.flag.id, reviewer_id=reviewer_id, decision=decision, note=note[:4000])
     session.add(review)
     study.flag.status = FlagStatus.CLOSED
     session.flush()
-    audit(session, reviewer_id, "review.decision", "study", study.id, decision=decision,
-          review_id=review.id)
+    extra = {"decided_on": decided_on} if decided_on else {}
+    audit(session, reviewer_id, "review.decision", "study", study.id, decision=decision, review_id=review.id,
+          **extra)
     return review
 
 

@@ -10,7 +10,7 @@ from studies.intake import submit_uploads
 from studies.reviews import record_decision
 from web.auth import by_bearer_token, roles_required
 from web.context import csrf, db_session
-from web.queries import batch_json, review_queue, visible_batch, visible_study
+from web.queries import PAGE_SIZE, batch_json, review_queue, visible_batch, visible_study
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -52,11 +52,14 @@ def get_batch(batch_id: int):
 @bp.get("/review")
 @roles_required("reviewer", "admin")
 def get_review_queue():
+    """The open review queue, riskiest first: ?page=N&per_page=M (at most 200 a page)."""
+    page = review_queue(db_session(), page=request.args.get("page", 1, type=int),
+                        per_page=request.args.get("per_page", PAGE_SIZE, type=int))
     return jsonify(items=[
         {"study_id": study.id, "batch_id": study.batch_id, "filename": study.filename,
          "probability": round(prediction.probability, 4), "prediction": prediction.prediction,
          "flag_reasons": flag.reasons, "flagged_at": flag.created_at.isoformat()}
-        for flag, study, prediction in review_queue(db_session())])
+        for flag, study, prediction in page.rows], page=page.page, pages=page.pages, total=page.total)
 
 
 @bp.post("/studies/<int:study_id>/review")

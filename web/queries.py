@@ -1,5 +1,6 @@
 """Reads shared by the API and the portal: batches with progress, the review queue, visibility."""
 import logging
+from dataclasses import dataclass
 
 from flask_login import current_user
 from sqlalchemy import func, or_, select, true
@@ -90,11 +91,34 @@ def study_json(study: Study) -> dict:
     }
 
 
-def review_queue(session: Session, status: str = FlagStatus.OPEN) -> list[tuple[ReviewFlag, Study, Prediction]]:
-    """Flags with their study and prediction, the riskiest (highest probability) first."""
-    return session.execute(
-        select(ReviewFlag, Study, Prediction)
-        .join(Study, ReviewFlag.study_id == Study.id)
-        .join(Prediction, Prediction.study_id == Study.id)
-        .where(ReviewFlag.status == status)
-        .order_by(Prediction.probability.desc(), Study.id)).all()
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    """One page of the review queue."""
+
+    rows: list[tuple[ReviewFlag, Study, Prediction]]
+    page: int
+    pages: int
+    total: int
+
+
+def review_queue(session: Session, status: str = FlagStatus.OPEN, page: int = 1,
+                 per_page: int = PAGE_SIZE) -> QueuePage:
+    """Flags with their study and prediction, the riskiest (highest probability) first, a page at a time.
+
+    A copy of an earlier upload (same content, same department) is not queued again: the first copy's flag
+    stands for it, and a decision on it closes the copies' flags too (studies.reviews.record_decision).
+    """
+    per_page = max(1, min(per_page, MAX_PAGE_SIZE))
+    queued = (select(ReviewFlag, Study, Prediction)
+              .join(Study, ReviewFlag.study_id == Study.id)
+              .join(Prediction, Prediction.study_id == Study.id)
+              .where(ReviewFlag.status == status, Study.duplicate_of_id.is_(None)))
+    total = session.scalar(select(func.count()).select_from(queued.subquery()))
+    pages = max(1, -(-total // per_page))
+    page = max(1, min(page, pages))
+    rows = session.execute(queued.order_by(Prediction.probability.desc(), Study.id)
+                           .offset((page - 1) * per_page).limit(per_page)).all()
+    return QueuePage(list(rows), page, pages, total)

@@ -24,7 +24,8 @@ class DecisionForm(FlaskForm):
 @roles_required("reviewer", "admin")
 def queue():
     status = FlagStatus.CLOSED if request.args.get("status") == "closed" else FlagStatus.OPEN
-    return render_template("review_queue.html", rows=review_queue(db_session(), status), status=status)
+    page = review_queue(db_session(), status, request.args.get("page", 1, type=int))
+    return render_template("review_queue.html", queue=page, rows=page.rows, status=status)
 
 
 @bp.route("/<int:study_id>", methods=["GET", "POST"])
@@ -50,7 +51,7 @@ def study(study_id: int):
 
 
 def _next_open(done_id: int) -> str:
-    for flag, study, _ in review_queue(db_session()):
+    for flag, study, _ in review_queue(db_session()).rows:
         if study.id != done_id:
             return url_for("review.study", study_id=study.id)
     return url_for("review.queue")
