@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 LISTENER_USER = "dicom-listener"
 SUCCESS, CANNOT_UNDERSTAND, NOT_SUPPORTED, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA900, 0xA700
+MAX_ASSOCIATIONS, MAX_ASSOCIATIONS_PER_ADDRESS, IDLE_TIMEOUT_S = 32, 4, 20
 
 
 class Listener:
@@ -52,6 +53,10 @@ class Listener:
         self.user_id = listener_user(services)
         self.callers = {caller.ae_title: (caller, department_id(services, caller.department)) for caller in callers}
         self.ae = AE(ae_title=ae_title)
+        # Idle or slow associations are dropped quickly, and one address holds at most a few of them
+        # (_on_request), so a stuck or hostile sender cannot take every slot from the PACS.
+        self.ae.maximum_associations = MAX_ASSOCIATIONS
+        self.ae.network_timeout = self.ae.acse_timeout = IDLE_TIMEOUT_S
         self.ae.add_supported_context(Verification)
         # Every storage SOP class (CR, DX, CT...): out-of-scope modalities are stored and flagged, not refused.
         for context in _storage_contexts():
@@ -88,12 +93,21 @@ class Listener:
         address = str(event.assoc.requestor.address)
         known = self.callers.get(calling)
         if known is not None and (not known[0].addresses or address in known[0].addresses):
+            if self._associations_from(address) > MAX_ASSOCIATIONS_PER_ADDRESS:
+                logger.warning("DICOM association from %s at %s refused for now: %d open from that address",
+                               calling, address, MAX_ASSOCIATIONS_PER_ADDRESS)
+                event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded: try later
+                event.assoc.kill()
             return
         logger.warning("DICOM association from %s at %s rejected: not an allowed caller", calling, address)
         with self.services.sessions.begin() as session:
             audit(session, None, "dicom.rejected", "dicom", None, calling_ae=calling[:16], address=address)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
         event.assoc.kill()  # as pynetdicom's own rejection does: the reject is sent before the socket closes
+
+    def _associations_from(self, address: str) -> int:
+        """Open associations from `address`, the one being negotiated included."""
+        return sum(1 for assoc in self.ae.active_associations if str(assoc.requestor.address) == address)
 
     def _on_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()

@@ -178,3 +178,23 @@ def test_an_instance_that_cannot_be_kept_is_refused_not_acknowledged(app, tmp_pa
     finally:
         scp.server.shutdown()
         scp.stopped.set()
+
+
+def test_one_address_cannot_take_every_association(app, listener):
+    from pneumoscreen.dicom_listen import MAX_ASSOCIATIONS_PER_ADDRESS
+
+    held = [_modality().associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST")
+            for _ in range(MAX_ASSOCIATIONS_PER_ADDRESS)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        extra = _modality().associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST")
+        assert extra.is_rejected
+    finally:
+        for assoc in held:
+            assoc.release()
+    deadline = time.monotonic() + 10  # released associations end their threads within moments
+    while listener._associations_from("127.0.0.1") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    again = _modality().associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST")
+    assert again.is_established
+    again.release()
