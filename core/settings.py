@@ -51,6 +51,8 @@ class Settings:
     sweep_interval_s: int = 60
     stale_queued_s: int = 120
     stale_running_s: int = 600
+    # Each claiming worker process heartbeats this often; three missed beats and its studies are sent again.
+    heartbeat_s: int = 5
     # Share of unflagged NORMAL calls sent to review as quality-check samples (a department may set its own).
     qa_share: float = 0.02
 
@@ -96,6 +98,7 @@ class Settings:
             sweep_interval_s=_int(env, "PNEUMOSCREEN_SWEEP_INTERVAL_S", 60, 1, 86_400),
             stale_queued_s=_int(env, "PNEUMOSCREEN_STALE_QUEUED_S", 120, 1, 86_400),
             stale_running_s=_int(env, "PNEUMOSCREEN_STALE_RUNNING_S", 600, 1, 86_400),
+            heartbeat_s=_int(env, "PNEUMOSCREEN_HEARTBEAT_S", 5, 1, 3600),
             qa_share=_share(env, "PNEUMOSCREEN_QA_SHARE", 0.02),
         )
 

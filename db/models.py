@@ -1,5 +1,5 @@
-"""ORM classes: users and tokens, batches of studies, predictions, review flags, audit log."""
-from datetime import datetime, timezone
+"""ORM classes: users and tokens, batches of studies, predictions, review flags, workers, audit log."""
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text
@@ -125,6 +125,8 @@ class Study(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Same content uploaded before: the result is copied from that study, not inferred again.
     duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"))
+    # The worker process (workers.id) that last claimed it; no foreign key: old worker rows are pruned.
+    claimed_by: Mapped[int | None] = mapped_column(Integer)
     # DICOM attributes (none for PNG/JPEG uploads); never patient name or id.
     study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     series_instance_uid: Mapped[str | None] = mapped_column(String(64))
@@ -230,6 +232,25 @@ class DicomPending(Base):
     filename: Mapped[str] = mapped_column(String(512))
     storage_key: Mapped[str] = mapped_column(String(128))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+# A worker that missed this many heartbeats is dead: the sweeper sends its running studies again.
+MISSED_BEATS = 3
+
+
+def heartbeat_cutoff(heartbeat_s: int, now: datetime | None = None) -> datetime:
+    """Workers whose last heartbeat is older than this are dead (worker/heartbeat.py, /healthz)."""
+    return (now or utcnow()) - timedelta(seconds=MISSED_BEATS * heartbeat_s)
+
+
+class Worker(Base):
+    """A process that claims studies (a prefork pool child, or a solo worker), alive while it heartbeats."""
+
+    __tablename__ = "workers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))  # hostname:pid, for people; pids are reused, ids are not
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class AuditEvent(Base):

@@ -4,12 +4,13 @@ import re
 import uuid
 
 from flask import Flask, g, jsonify, request
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from werkzeug.routing import IntegerConverter
 
 from core.logs import bind, unbind
 from core.services import current_services
+from db.models import UNFINISHED, Study, Worker, heartbeat_cutoff
 from web import admin, api, auth, batches, calibration, dicomweb, exports, fhir, metrics, qa, review
 from web.context import close_db_session, csrf, drop_db_session
 
@@ -114,10 +115,27 @@ def _database_down(error):
 
 
 def healthz():
-    """200 when the database and the broker answer, 503 otherwise."""
+    """200 when the database and the broker answer, 503 otherwise; "degraded" (still 200) when studies wait
+    and no worker is alive: the portal works, screening does not, and a monitor should say so."""
     checks = {"database": _check_database(), "broker": _check_broker()}
-    healthy = all(value == "ok" for value in checks.values())
-    return jsonify(status="ok" if healthy else "unavailable", **checks), 200 if healthy else 503
+    if any(value != "ok" for value in checks.values()):
+        return jsonify(status="unavailable", **checks), 503
+    alive, waiting = _screening_state()
+    body = dict(status="ok", **checks, workers_alive=alive, studies_waiting=waiting)
+    if waiting and not alive:
+        body.update(status="degraded", message=f"{waiting} studies wait and no worker is alive "
+                                                "(no heartbeat): start or restart a worker")
+    return jsonify(body), 200
+
+
+def _screening_state() -> tuple[int, int]:
+    """Worker processes with a fresh heartbeat (worker/heartbeat.py), and studies not finished."""
+    services = current_services()
+    with services.sessions() as session:
+        alive = session.scalar(select(func.count()).select_from(Worker).where(
+            Worker.heartbeat_at >= heartbeat_cutoff(services.settings.heartbeat_s)))
+        waiting = session.scalar(select(func.count()).select_from(Study).where(Study.status.in_(UNFINISHED)))
+    return alive, waiting
 
 
 def _check_database() -> str:

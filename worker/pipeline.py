@@ -21,6 +21,7 @@ from studies.calibrations import active_by_department, point_of
 from studies.duplicates import resolve_duplicates
 from studies.qa import draw, shares_by_department
 from studies.scope import scope_reasons
+from worker.heartbeat import current_worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def _claim(sessions: sessionmaker[Session], study_ids: list[int], qa_share: floa
         session.execute(
             update(Study)
             .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED))
-            .values(status=StudyStatus.RUNNING, started_at=utcnow(), attempts=Study.attempts + 1))
+            .values(status=StudyStatus.RUNNING, started_at=utcnow(), attempts=Study.attempts + 1,
+                    claimed_by=current_worker_id()))  # whose heartbeat vouches for it (worker/heartbeat.py)
         rows = session.execute(
             select(Study.id, Study.storage_key, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
             .where(Study.id.in_(study_ids), Study.status == StudyStatus.RUNNING).order_by(Study.id)).all()

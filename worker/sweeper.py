@@ -1,22 +1,30 @@
 """Re-queue studies whose queue message was lost (Redis restarted, a worker killed mid-batch).
 
 The database is the source of truth: a study still `queued` long after upload while the queue is
-empty, or `running` long after a worker claimed it, has lost its message. The sweeper sends such
-studies again; the pipeline's claim and its idempotent record step make a second delivery harmless.
-Every worker runs it in a timer thread of its main process (started on `worker_ready`, so once at
-start and then every PNEUMOSCREEN_SWEEP_INTERVAL_S seconds); no Celery beat is needed.
+empty, or `running` on a worker whose heartbeat stopped (worker/heartbeat.py) or long after it was
+claimed, has lost its message. The sweeper sends such studies again; the pipeline's claim and its
+idempotent record step make a second delivery harmless. Every worker runs it in a timer thread of its
+main process (started on `worker_ready`): the full sweep at start and every
+PNEUMOSCREEN_SWEEP_INTERVAL_S seconds, and between those, every PNEUMOSCREEN_HEARTBEAT_S seconds, the
+cheap look for studies of dead workers, so a killed worker's batch is sent again within seconds of its
+third missed heartbeat. No Celery beat is needed.
 """
 import logging
 import threading
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from core.services import QUEUE, Services
-from db.models import Study, StudyStatus, utcnow
+from db.models import Study, StudyStatus, Worker, heartbeat_cutoff, utcnow
 from studies.duplicates import resolve_duplicates
 
 logger = logging.getLogger(__name__)
+
+# Rows of workers silent this long go: by then the time limit has sent any study they held again.
+PRUNE_WORKERS_AFTER = timedelta(days=1)
 
 
 def requeue_stale(services: Services, queued_older_than_s: int | None = None,
@@ -33,14 +41,11 @@ def requeue_stale(services: Services, queued_older_than_s: int | None = None,
             Study.created_at < queued_cutoff)).all()
         if originals:
             resolve_duplicates(session, list(originals))
-        # A running study whose worker died: its message sits unacknowledged until the visibility
-        # timeout. Mark it queued again (touched now), so it is sent once, not on every sweep.
-        lost_running = session.scalars(select(Study.id).where(
-            Study.status == StudyStatus.RUNNING, Study.started_at < running_cutoff,
-            Study.duplicate_of_id.is_(None))).all()
-        if lost_running:
-            session.execute(update(Study).where(Study.id.in_(lost_running), Study.status == StudyStatus.RUNNING)
-                            .values(status=StudyStatus.QUEUED, started_at=now))
+        # Its worker's heartbeat stopped, or (a worker without heartbeat, or one that hangs) it has
+        # run longer than any batch should.
+        lost_running = _take_back(session, now, or_(
+            Study.claimed_by.in_(_dead_workers(services, now)), Study.started_at < running_cutoff))
+        session.execute(delete(Worker).where(Worker.heartbeat_at < now - PRUNE_WORKERS_AFTER))
         # A queued study is only lost when nothing waits in the queue: otherwise it may be behind a backlog.
         lost_queued = [] if _backlog(services) else session.scalars(select(Study.id).where(
             Study.status == StudyStatus.QUEUED, last_touched < queued_cutoff, Study.duplicate_of_id.is_(None))).all()
@@ -50,6 +55,31 @@ def requeue_stale(services: Services, queued_older_than_s: int | None = None,
         logger.warning("sweeper re-queued %d studies (%d were running on a lost worker)",
                        len(study_ids), len(lost_running))
     return len(study_ids)
+
+
+def requeue_orphaned(services: Services) -> int:
+    """Send again the running studies of workers whose heartbeat stopped (the fast path); returns how many."""
+    now = utcnow()
+    with services.sessions.begin() as session:
+        study_ids = _take_back(session, now, Study.claimed_by.in_(_dead_workers(services, now)))
+    if study_ids:
+        services.enqueue(study_ids)
+        logger.warning("sweeper re-queued %d studies of a worker whose heartbeat stopped", len(study_ids))
+    return len(study_ids)
+
+
+def _dead_workers(services: Services, now: datetime):
+    return select(Worker.id).where(Worker.heartbeat_at < heartbeat_cutoff(services.settings.heartbeat_s, now))
+
+
+def _take_back(session: Session, now: datetime, lost: ColumnElement[bool]) -> list[int]:
+    """Mark lost running studies queued again (touched now), so each is sent once, not on every sweep.
+
+    A running study whose worker died has its message unacknowledged until the visibility timeout. One
+    UPDATE ... RETURNING: two workers sweeping at once cannot both take back (and send) the same study."""
+    return list(session.scalars(
+        update(Study).where(Study.status == StudyStatus.RUNNING, Study.duplicate_of_id.is_(None), lost)
+        .values(status=StudyStatus.QUEUED, started_at=now, claimed_by=None).returning(Study.id)).all())
 
 
 def _backlog(services: Services) -> int:
@@ -62,16 +92,24 @@ def _backlog(services: Services) -> int:
 
 
 def start_sweeper(services: Services) -> threading.Event:
-    """Run requeue_stale now and every sweep interval in a daemon thread; set the event to stop it."""
+    """Run requeue_stale now and every sweep interval, requeue_orphaned every heartbeat between, in a daemon
+    thread; set the event to stop it."""
     stop = threading.Event()
+    settings = services.settings
+    every = min(settings.heartbeat_s, settings.sweep_interval_s)
 
     def loop() -> None:
+        next_sweep = time.monotonic()
         while not stop.is_set():
             try:
-                requeue_stale(services)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + settings.sweep_interval_s
+                    requeue_stale(services)
+                else:
+                    requeue_orphaned(services)
             except Exception:  # broker or database down: try again next time, never die
-                logger.exception("sweeper: this round failed; retrying in %d s", services.settings.sweep_interval_s)
-            stop.wait(services.settings.sweep_interval_s)
+                logger.exception("sweeper: this round failed; retrying in %d s", every)
+            stop.wait(every)
 
     threading.Thread(target=loop, name="pneumoscreen-sweeper", daemon=True).start()
     return stop

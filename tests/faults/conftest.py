@@ -94,11 +94,11 @@ def fault_env(tmp_path: Path, database_url: str, broker_url: str, weights: Path)
 
 @pytest.fixture
 def stack(tmp_path, tiny_weights):
-    """Build (app, worker) pairs on given services; workers are stopped at the end, whatever happened."""
+    """Build (app, worker) pairs on given services (and PNEUMOSCREEN_* overrides); workers are stopped at the end."""
     made = []
 
-    def build(database_url: str, broker_url: str):
-        env = fault_env(tmp_path, database_url, broker_url, tiny_weights)
+    def build(database_url: str, broker_url: str, **settings: str):
+        env = {**fault_env(tmp_path, database_url, broker_url, tiny_weights), **settings}
         app = create_app(settings=Settings.from_env(env))
         worker = Worker(env, tmp_path / "worker.log")
         made.append((app, worker))

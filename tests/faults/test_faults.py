@@ -64,20 +64,30 @@ def _assert_exactly_once(services, ids, final, label, capsys, extra=""):
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_worker_killed_mid_batch_loses_nothing(database_url, own_redis, stack, capsys):
-    app, worker = stack(database_url, own_redis.url)
+    # The shipped time limits: only the dead worker's heartbeat can bring its batch back this soon.
+    app, worker = stack(database_url, own_redis.url, PNEUMOSCREEN_SWEEP_INTERVAL_S="60",
+                        PNEUMOSCREEN_STALE_RUNNING_S="600", PNEUMOSCREEN_HEARTBEAT_S="5")
     services = services_of(app)
     _, _, ids = _upload(app, STUDIES)
     worker.start()
     at_kill = wait_until(lambda: (c := counts(services, ids))["done"] >= 4 and c["running"] > 0 and c,
                          "results, with a batch in flight", timeout=150)
     worker.kill()
-    assert at_kill["done"] < len(ids)
+    killed_at = time.monotonic()
+    with services.sessions() as session:
+        held = session.scalars(select(Study.id).where(Study.id.in_(ids), Study.status == "running")).all()
+    assert held and at_kill["done"] < len(ids)
 
     worker.start()  # a fresh worker; its sweeper re-sends the batch the dead one held
+    wait_until(lambda: counts(services, held)["done"] == len(held), "the killed worker's studies", timeout=150,
+               every=0.25)
+    recovery_s = time.monotonic() - killed_at
     final = wait_until(lambda: _all_finished(services, ids), "every study to finish", timeout=150, every=0.5)
 
     _assert_exactly_once(services, ids, final, "worker kill -9", capsys,
-                         f" (killed with {at_kill['done']} done, {at_kill['running']} running)")
+                         f" (killed with {at_kill['done']} done, {len(held)} running; those done "
+                         f"{recovery_s:.1f} s after the kill)")
+    assert recovery_s < 90, f"the killed worker's studies took {recovery_s:.0f} s to finish"
     with services.sessions() as session:
         attempts = session.scalars(select(Study.attempts).where(Study.id.in_(ids))).all()
     assert max(attempts) == 2, "the batch in flight was claimed again after the kill"

@@ -142,7 +142,8 @@ def test_review_of_an_unflagged_study_is_409(app, client, users):
 def test_healthz_reports_database_and_broker(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert response.get_json() == {"status": "ok", "database": "ok", "broker": "ok", "workers_alive": 0,
+                                   "studies_waiting": 0}
 
 
 def test_healthz_is_503_when_the_database_is_unreachable(tmp_path, tiny_weights):
