@@ -43,6 +43,8 @@ class Settings:
     secure_cookies: bool = False
     # A portal session ends after this many minutes without a request.
     session_idle_minutes: int = 30
+    # Reverse proxies in front of the portal whose X-Forwarded-For/-Proto are trusted (0: none, the default).
+    proxy_hops: int = 0
     # DICOM listener: a study sent over C-STORE is complete after this many quiet seconds.
     dicom_quiet_s: int = 10
     # Who may send to the DICOM listener (PNEUMOSCREEN_DICOM_CALLERS); nobody when empty.
@@ -93,6 +95,7 @@ class Settings:
             worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 1, 1, 64),
             secure_cookies=_bool(env, "PNEUMOSCREEN_SECURE_COOKIES", False),
             session_idle_minutes=_int(env, "PNEUMOSCREEN_SESSION_IDLE_MINUTES", 30, 1, 24 * 60),
+            proxy_hops=_int(env, "PNEUMOSCREEN_PROXY_HOPS", 0, 0, 5),
             dicom_quiet_s=_int(env, "PNEUMOSCREEN_DICOM_QUIET_S", 10, 1, 3600),
             dicom_callers=dicom_callers(env.get("PNEUMOSCREEN_DICOM_CALLERS", "")),
             sweep_interval_s=_int(env, "PNEUMOSCREEN_SWEEP_INTERVAL_S", 60, 1, 86_400),

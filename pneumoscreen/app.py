@@ -5,6 +5,7 @@ from typing import Mapping
 
 from celery import Celery, Task
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.services import QUEUE, Services, attach
 from core.settings import Settings, local_secret
@@ -30,6 +31,10 @@ def create_app(overrides: Mapping[str, object] | None = None, settings: Settings
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.session_idle_minutes),
         REMEMBER_COOKIE_SECURE=settings.secure_cookies,
     )
+    if settings.proxy_hops:
+        # Only as many forwarding headers as there are proxies we run: a client cannot forge its address
+        # (the login throttle counts per address) or the scheme.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
     engine = make_engine(settings.database_url)
     attach(app, Services(settings=settings, engine=engine, sessions=make_session_factory(engine),
                          storage=Storage(settings.storage_dir), celery=_celery(app, settings)))
