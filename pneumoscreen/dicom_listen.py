@@ -13,7 +13,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import delete, func, select
 
@@ -22,7 +22,7 @@ from core.settings import DicomCaller
 from db.accounts import create_user, ensure_department
 from db.models import DicomPending, User, utcnow
 from db.session import audit
-from studies.files import expand
+from studies.files import MAX_FILE_BYTES, Item, expand
 from studies.intake import submit_batch
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 LISTENER_USER = "dicom-listener"
 SUCCESS, CANNOT_UNDERSTAND, NOT_SUPPORTED, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA900, 0xA700
 MAX_ASSOCIATIONS, MAX_ASSOCIATIONS_PER_ADDRESS, IDLE_TIMEOUT_S = 32, 4, 20
+# Instances read into memory at once (each at most studies.files.MAX_FILE_BYTES): the listener's memory cap.
+IN_MEMORY = 2
+# Received instances go to a temporary file as they arrive, not into memory (pynetdicom's chunked receive).
+_config.STORE_RECV_CHUNKED_DATASET = True
 
 
 class Listener:
@@ -50,6 +54,7 @@ class Listener:
         self.services, self.address, self.ssl_context = services, (host, port), ssl_context
         self.quiet_s = services.settings.dicom_quiet_s if quiet_s is None else quiet_s
         self.lock, self.stopped = threading.Lock(), threading.Event()
+        self.reading = threading.BoundedSemaphore(IN_MEMORY)
         self.user_id = listener_user(services)
         self.callers = {caller.ae_title: (caller, department_id(services, caller.department)) for caller in callers}
         self.ae = AE(ae_title=ae_title)
@@ -111,19 +116,24 @@ class Listener:
 
     def _on_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
-        try:
-            data = event.encoded_dataset()
-        except Exception as exc:  # a data set pynetdicom cannot re-encode
-            logger.warning("C-STORE from %s: cannot encode data set: %s", calling, exc)
-            return CANNOT_UNDERSTAND
         sop_uid = str(event.request.AffectedSOPInstanceUID)
-        item = next(expand(f"dicom/{sop_uid}.dcm", data))
-        if item.error:
-            logger.info("C-STORE %s refused: %s", sop_uid, item.error)
-            return NOT_SUPPORTED
+        # pynetdicom wrote the instance to a temporary file as it arrived (chunked receive): nothing of it is in
+        # memory until here, and at most IN_MEMORY instances are read at once, whatever the associations.
+        path = event.dataset_path
+        if path.stat().st_size > MAX_FILE_BYTES:
+            logger.info("C-STORE %s from %s refused: %d MB", sop_uid, calling, path.stat().st_size // 2**20)
+            return OUT_OF_RESOURCES
+        with self.reading:
+            item = next(expand(f"dicom/{sop_uid}.dcm", path.read_bytes()))
+            if item.error:
+                logger.info("C-STORE %s refused: %s", sop_uid, item.error)
+                return NOT_SUPPORTED
+            return self._keep(event, calling, sop_uid, item)
+
+    def _keep(self, event, calling: str, sop_uid: str, item: Item) -> int:
+        """Kept before it is acknowledged: the file in storage and a row saying it waits for its study.
+        Whatever fails here, the sender hears a failure and sends again; a success is never lost."""
         study_uid = (item.meta.study_instance_uid if item.meta else None) or sop_uid
-        # Kept before it is acknowledged: the file in storage and a row saying it waits for its study.
-        # Whatever fails here, the sender hears a failure and sends again; a success is never lost.
         try:
             key, _ = self.services.storage.put_original(item.data)
             with self.services.sessions.begin() as session:

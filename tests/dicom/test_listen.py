@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from core.services import services_of
 from core.settings import DicomCaller
-from db.models import AuditEvent, Batch, Department, Study
+from db.models import AuditEvent, Batch, Department, DicomPending, Study
 from pneumoscreen.dicom_listen import Listener
 from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k
 from tests.helpers import free_port
@@ -198,3 +198,16 @@ def test_one_address_cannot_take_every_association(app, listener):
     again = _modality().associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST")
     assert again.is_established
     again.release()
+
+
+def test_an_instance_over_the_size_limit_is_refused_from_its_file(app, listener, monkeypatch):
+    from pneumoscreen import dicom_listen
+
+    monkeypatch.setattr(dicom_listen, "MAX_FILE_BYTES", 10_000)  # received to a file, measured before reading
+    assoc = _modality().associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST")
+    try:
+        assert assoc.send_c_store(dataset(chest_pixels())).Status == 0xA700
+    finally:
+        assoc.release()
+    with services_of(app).sessions() as session:
+        assert session.scalars(select(DicomPending)).all() == []
