@@ -27,7 +27,8 @@ def metrics():
     """Counts only, no patient data; scrape it from the internal network."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(current_services().sessions))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would add a second charset, which Prometheus 3 refuses to scrape.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 class DatabaseCollector:
@@ -64,8 +65,9 @@ class DatabaseCollector:
         for name, version, count in by_model:
             results.add_metric([name, version], count)
         yield results
-        flagged = CounterMetricFamily("pneumoscreen_flags", "Review flags by reason and state (one per reason)",
-                                      labels=["reason", "state"])
+        # A gauge: a flag moves from open to closed, so the open count goes down.
+        flagged = GaugeMetricFamily("pneumoscreen_flags", "Review flags by reason and state (one per reason)",
+                                    labels=["reason", "state"])
         for (reason, state), count in sorted(flags.items()):
             flagged.add_metric([reason, state], count)
         yield flagged

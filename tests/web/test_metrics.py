@@ -16,6 +16,8 @@ from worker import pipeline
 def _scrape(client) -> dict:
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
+    # One charset parameter: Prometheus 3 refuses a duplicate.
+    assert response.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(response.get_data(as_text=True))
             for sample in family.samples}
@@ -41,7 +43,7 @@ def test_metrics_follow_the_database(app, users):
     assert after[("pneumoscreen_queue_depth", ())] == 0
     assert after[("pneumoscreen_results_total", (("model", "tiny-cnn"), ("model_version", "0.0.0+tiny")))] == 2
     assert after[("pneumoscreen_study_errors_total", ())] == 1
-    assert after[("pneumoscreen_flags_total", (("reason", "out_of_scope"), ("state", "open")))] == 1
+    assert after[("pneumoscreen_flags", (("reason", "out_of_scope"), ("state", "open")))] == 1
     assert after[("pneumoscreen_studies_per_second", ())] == 3 / 300
     assert after[("pneumoscreen_result_latency_seconds", (("quantile", "0.5"),))] > 0
 
@@ -64,6 +66,6 @@ def test_a_flag_counts_once_under_each_of_its_reasons(app, users):
     with services.sessions() as session:
         ids = session.scalars(select(Study.id)).all()
     pipeline.run_batch(services.sessions, services.storage, _TwoReasonScreener(), ids)
-    flags = {labels: value for (name, labels), value in _scrape(client).items() if name == "pneumoscreen_flags_total"}
+    flags = {labels: value for (name, labels), value in _scrape(client).items() if name == "pneumoscreen_flags"}
     assert flags == {(("reason", "near_threshold"), ("state", "open")): 2,
                      (("reason", "uncertain"), ("state", "open")): 2}
