@@ -9,6 +9,7 @@ import numpy as np
 from models.calibration import Calibration
 from models.crop import CROP_FAILED, CropBox, crop_batch, equalize, mask_to_box, resize_batch, squash
 from models.flags import FlagPolicy, flag_reasons
+from models.imaging import ImageDecodeError, decode_image
 from models.inference import ensemble_pass
 from models.limits import MIN_SIDE
 from models.operating_point import OperatingPoint
@@ -189,13 +190,15 @@ def member_files(classifier_meta: dict) -> list[str]:
     return [member["file"] for member in classifier_meta["members"]]
 
 
-def film_problem(image) -> str | None:
-    """Why `screen` would refuse this decoded film, or None: callers screening many films refuse it alone."""
+def decode_film(data: bytes) -> np.ndarray:
+    """Decode a file into a film `screen` takes; ImageDecodeError says why not, so callers screening many
+    files refuse that one alone (the worker, calibration samples)."""
+    image = decode_image(data)
     try:
         _checked(0, image)
     except ValueError as exc:
-        return str(exc).removeprefix("image 0: ")
-    return None
+        raise ImageDecodeError(f"cannot screen the decoded film: {str(exc).removeprefix('image 0: ')}") from None
+    return image
 
 
 def _checked(index: int, image) -> np.ndarray:

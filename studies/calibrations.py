@@ -21,9 +21,9 @@ from core.services import Services
 from db.accounts import ensure_department
 from db.models import Department, SiteCalibration, utcnow
 from db.session import audit
-from models.imaging import ImageDecodeError, decode_image
+from models.imaging import ImageDecodeError
 from models.operating_point import Choice, OperatingPoint, choose, roc_png
-from models.screener import BatchOutput, Screener
+from models.screener import BatchOutput, Screener, decode_film
 from studies.files import Item, expand, walk
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _decode(item: Item) -> np.ndarray | str:
     if item.error:
         return item.error
     try:
-        return decode_image(item.data)
+        return decode_film(item.data)
     except ImageDecodeError as exc:
         return str(exc)
 

@@ -35,7 +35,7 @@ class TokenForm(FlaskForm):
 
 
 class ActionForm(FlaskForm):
-    """Carries only the CSRF token for one-button forms (disable, revoke)."""
+    """Carries only the CSRF token for one-button forms (disable, unlock, revoke, accept a calibration)."""
 
 
 @bp.get("/")

@@ -17,6 +17,7 @@ from db.session import audit
 from models.operating_point import DEFAULT_MISS_RATE
 from studies.calibrations import activate as activate_version
 from studies.files import is_zip
+from web.admin import ActionForm
 from web.auth import roles_required
 from web.context import db_session
 
@@ -30,10 +31,6 @@ class SampleForm(FlaskForm):
     miss_rate = DecimalField("Miss-rate target", default=DEFAULT_MISS_RATE, places=3,
                              validators=[DataRequired(), NumberRange(min=0.001, max=0.5)])
     sample = FileField("Labelled films (.zip with NORMAL/ and PNEUMONIA/ folders)", validators=[FileRequired()])
-
-
-class ActionForm(FlaskForm):
-    """Carries only the CSRF token (accept, activate)."""
 
 
 @bp.route("", methods=["GET", "POST"])

@@ -13,10 +13,10 @@ from core.storage import Storage
 from db.models import FINISHED, UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
 from models.heatmap import heatmap_png
-from models.imaging import ImageDecodeError, decode_image, to_png
+from models.imaging import ImageDecodeError, to_png
 from models.operating_point import OperatingPoint
 from models.reasons import FlagReason
-from models.screener import Finding, Screener, film_problem
+from models.screener import Finding, Screener, decode_film
 from studies.calibrations import active_by_department, point_of
 from studies.duplicates import resolve_duplicates
 from studies.qa import draw, shares_by_department
@@ -68,11 +68,9 @@ def screen_files(screener: Screener, blobs: list[bytes],
 def _decode(data: bytes) -> Outcome:
     """The decoded film, or why it cannot be screened: one bad film fails only itself, never its batch."""
     try:
-        image = decode_image(data)
+        return Outcome(image=decode_film(data))
     except ImageDecodeError as exc:
         return Outcome(error=str(exc))
-    problem = film_problem(image)
-    return Outcome(error=f"cannot screen the decoded film: {problem}") if problem else Outcome(image=image)
 
 
 def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Screener, study_ids: list[int],
