@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Batch, Department, Prediction, ReviewFlag, Study, as_utc, utcnow
@@ -15,6 +15,7 @@ from models.reasons import FlagReason
 logger = logging.getLogger(__name__)
 
 WEEKS = 12
+NO_DEPARTMENT = "(no department)"
 MIN_STUDIES = 50       # fewer in a week: rates shown, PSI not computed (too noisy to mean anything)
 OUT_OF_SCOPE_EXCESS = 0.05  # warn when a week's out-of-scope rate passes twice the reference plus this
 
@@ -32,20 +33,23 @@ class Week:
     warnings: list[str] = field(default_factory=list)
 
 
-def weekly(session: Session, reference: Reference, weeks: int = WEEKS) -> list[Week]:
-    """Weeks of the last `weeks` with results, per department (oldest first within each department)."""
+def weekly(session: Session, reference: Reference, weeks: int = WEEKS, department: str | None = None) -> list[Week]:
+    """Weeks of the last `weeks` with results, per department (oldest first within each department); only the
+    named department's when `department` is given (a chart reads no other department's results)."""
     since = utcnow() - timedelta(weeks=weeks)
-    rows = session.execute(
-        select(Batch.department_id, Prediction.created_at, Prediction.probability, Prediction.prediction,
-               Prediction.details, ReviewFlag.reasons)
-        .select_from(Prediction).join(Study, Prediction.study_id == Study.id).join(Batch, Study.batch_id == Batch.id)
-        .outerjoin(ReviewFlag, ReviewFlag.study_id == Study.id)
-        .where(Prediction.created_at >= since, Study.duplicate_of_id.is_(None))).all()
-    names = dict(session.execute(select(Department.id, Department.name)).all())
+    name = func.coalesce(Department.name, NO_DEPARTMENT)
+    query = (select(name.label("department"), Prediction.created_at, Prediction.probability, Prediction.prediction,
+                    Prediction.details, ReviewFlag.reasons)
+             .select_from(Prediction).join(Study, Prediction.study_id == Study.id)
+             .join(Batch, Study.batch_id == Batch.id).outerjoin(Department, Batch.department_id == Department.id)
+             .outerjoin(ReviewFlag, ReviewFlag.study_id == Study.id)
+             .where(Prediction.created_at >= since, Study.duplicate_of_id.is_(None)))
+    if department is not None:
+        query = query.where(name == department)
     groups: dict[tuple[str, str], list] = {}
-    for row in rows:
+    for row in session.execute(query):
         year, week, _ = as_utc(row.created_at).isocalendar()
-        groups.setdefault((names.get(row.department_id, "(no department)"), f"{year}-W{week:02d}"), []).append(row)
+        groups.setdefault((row.department, f"{year}-W{week:02d}"), []).append(row)
     return [_week(department, week, group, reference) for (department, week), group in sorted(groups.items())]
 
 

@@ -43,7 +43,7 @@ def dashboard():
 @roles_required("reviewer", "admin")
 def drift_chart(department: str):
     reference = current_reference()
-    weeks = [week for week in weekly(db_session(), reference) if week.department == department] if reference else []
+    weeks = weekly(db_session(), reference, department=department) if reference else []
     if not weeks:
         abort(404)
     psi = {name: [week.psi.get(name) for week in weeks] for name in FEATURES}
