@@ -1,8 +1,13 @@
-"""ORM classes: users and tokens, batches of studies, predictions, review flags, workers, audit log."""
+"""ORM classes: users and tokens, batches of images, predictions, review flags, radiology studies and their
+results, outbound messages, workers, audit log.
+
+Naming: a `Study` row is one image handed over (the historical name); a `StudyResult` is the radiology study
+(images sharing a StudyInstanceUID within one department) and the one result reported for it.
+"""
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("uploader", "reviewer", "admin")
@@ -63,6 +68,8 @@ class Department(Base):
     name: Mapped[str] = mapped_column(String(120), unique=True)
     # Share of unflagged NORMAL calls drawn for quality-check review; None: the service default.
     qa_share: Mapped[float | None] = mapped_column(Float)
+    # Where results go back to (studies/outbound.py): {"dicom": {...}, "hl7": {...}, "fhir": {...}}; None: nowhere.
+    outbound: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -135,9 +142,97 @@ class Study(Base):
     view_position: Mapped[str | None] = mapped_column(String(16))
     patient_age: Mapped[str | None] = mapped_column(String(8))
     body_part: Mapped[str | None] = mapped_column(String(32))
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_date: Mapped[str | None] = mapped_column(String(8), index=True)  # DICOM DA, YYYYMMDD
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    patient_sex: Mapped[str | None] = mapped_column(String(1))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    # Accepted but not screened (studies/applicability.py): status done, no prediction, never in the review queue.
+    not_applicable: Mapped[str | None] = mapped_column(Text)
+    # The radiology study this image belongs to (one result is reported per study).
+    study_result_id: Mapped[int | None] = mapped_column(ForeignKey("study_results.id"), index=True)
     batch: Mapped[Batch] = relationship(back_populates="studies")
     prediction: Mapped["Prediction | None"] = relationship(back_populates="study", uselist=False)
     flag: Mapped["ReviewFlag | None"] = relationship(back_populates="study", uselist=False)
+    study_result: Mapped["StudyResult | None"] = relationship(back_populates="images", foreign_keys=[study_result_id])
+
+
+class ReportStatus(StrEnum):
+    """A study result's report status, as FHIR DiagnosticReport.status names it."""
+
+    REGISTERED = "registered"  # images arrived, nothing read yet
+    PRELIMINARY = "preliminary"  # a model result, a flag waiting for a reviewer
+    FINAL = "final"  # nothing to review, or reviewed
+    AMENDED = "amended"  # changed after final by new images
+    CORRECTED = "corrected"  # changed after final by a reviewer's decision
+    CANCELLED = "cancelled"  # no image could be read
+
+
+class StudyResult(Base):
+    """A radiology study (images with one StudyInstanceUID in one department, or a PNG/JPEG image alone) and the
+    one result reported for it; recomputed by studies.results.refresh whenever an image or a decision changes."""
+
+    __tablename__ = "study_results"
+    __table_args__ = (UniqueConstraint("group_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # "d<department id>:<uid>" or "u<uploader id>:<uid>" for DICOM studies; None for an image alone.
+    group_key: Mapped[str | None] = mapped_column(String(100))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # in_scope, out_of_scope, not_applicable, pending, error
+    scope: Mapped[str] = mapped_column(String(24), default="pending")
+    call: Mapped[str | None] = mapped_column(String(16))  # PNEUMONIA / NORMAL from the model, or None
+    probability: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    decided_by_image_id: Mapped[int | None] = mapped_column(Integer)  # the studies.id whose result stands
+    model_version: Mapped[str | None] = mapped_column(String(80))
+    review_decision: Mapped[str | None] = mapped_column(String(16))  # the latest reviewer decision, if any
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    open_flags: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=ReportStatus.REGISTERED, index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)  # FHIR meta.versionId: rises on every change
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    images: Mapped[list["Study"]] = relationship(back_populates="study_result", order_by="Study.id",
+                                                 foreign_keys="Study.study_result_id")
+
+
+class OutboundState(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the last attempt; an admin can send it again
+
+
+class OutboundMessage(Base):
+    """A result on its way to a PACS, RIS or FHIR server; one per study result version, kind and destination."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (UniqueConstraint("study_result_id", "kind", "result_version",
+                                       name="uq_outbound_messages_result_kind_version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_result_id: Mapped[int] = mapped_column(ForeignKey("study_results.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # sr, sc, hl7, fhir
+    result_version: Mapped[int] = mapped_column(Integer)
+    destination: Mapped[str] = mapped_column(String(200))  # for people: "PACS@10.0.0.5:104"
+    state: Mapped[str] = mapped_column(String(12), default=OutboundState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    study_result: Mapped[StudyResult] = relationship()
+
+
+class MetricCounter(Base):
+    """A counter any process can raise (listener, worker, web) and /metrics reads: values only rise."""
+
+    __tablename__ = "metric_counters"
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(200), primary_key=True, default="")  # 'a="x",b="y"'
+    value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class SiteCalibration(Base):

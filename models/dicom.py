@@ -20,7 +20,8 @@ META_FIELDS = {
     "study_instance_uid": ("StudyInstanceUID", 64), "series_instance_uid": ("SeriesInstanceUID", 64),
     "sop_instance_uid": ("SOPInstanceUID", 64), "modality": ("Modality", 16),
     "view_position": ("ViewPosition", 16), "patient_age": ("PatientAge", 8),
-    "body_part": ("BodyPartExamined", 32),
+    "body_part": ("BodyPartExamined", 32), "accession_number": ("AccessionNumber", 16),
+    "study_date": ("StudyDate", 8), "patient_sex": ("PatientSex", 1), "sop_class_uid": ("SOPClassUID", 64),
 }
 
 
@@ -35,6 +36,11 @@ class DicomMeta:
     view_position: str | None = None
     patient_age: str | None = None
     body_part: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None  # YYYYMMDD
+    patient_sex: str | None = None  # M, F, O
+    sop_class_uid: str | None = None
+    acquired_at: datetime.datetime | None = None  # with its zone; UTC when the header names none
 
 
 def is_dicom(data: bytes) -> bool:
@@ -185,13 +191,49 @@ def header_meta(data: bytes) -> DicomMeta | None:
     values = {}
     for column, (keyword, width) in META_FIELDS.items():
         value = str(ds.get(keyword, "") or "").strip()
-        if keyword in ("Modality", "ViewPosition"):
+        if keyword in ("Modality", "ViewPosition", "PatientSex"):
             value = value.upper()
         values[column] = value[:width] or None
+    if values["study_date"] and not _date(values["study_date"]):
+        values["study_date"] = None
+    if values["patient_sex"] not in ("M", "F", "O"):
+        values["patient_sex"] = None
     if values["patient_age"] is None:
         values["patient_age"] = _age_from_dates(ds.get("PatientBirthDate"),
                                                 ds.get("StudyDate") or ds.get("ContentDate"))
+    values["acquired_at"] = acquisition_time(ds)
     return DicomMeta(**values)
+
+
+def _date(text: str) -> datetime.date | None:
+    try:
+        return datetime.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def acquisition_time(ds) -> datetime.datetime | None:
+    """When the film was taken: AcquisitionDateTime, else Acquisition/Content/Study date and time; the zone from
+    TimezoneOffsetFromUTC, else UTC. None when no date in the header can be read."""
+    zone = datetime.timezone.utc
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "")
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        minutes = int(offset[1:3]) * 60 + int(offset[3:])
+        zone = datetime.timezone(datetime.timedelta(minutes=minutes if offset[0] == "+" else -minutes))
+    candidates = [str(ds.get("AcquisitionDateTime", "") or "")[:14]]
+    for date_key, time_key in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                               ("StudyDate", "StudyTime")):
+        candidates.append(str(ds.get(date_key, "") or "")[:8] + str(ds.get(time_key, "") or "").split(".")[0][:6])
+    for text in candidates:
+        if len(text) < 8 or not text.isdigit() or _date(text[:8]) is None:
+            continue
+        clock = (text[8:] + "000000")[:6]
+        try:
+            moment = datetime.datetime.strptime(text[:8] + clock, "%Y%m%d%H%M%S")
+        except ValueError:
+            moment = datetime.datetime.strptime(text[:8], "%Y%m%d")
+        return moment.replace(tzinfo=zone)
+    return None
 
 
 def _age_from_dates(birth, taken) -> str | None:

@@ -33,6 +33,10 @@ class Item:
     error: str | None = None
     # DICOM header facts for the study row; None for PNG/JPEG.
     meta: DicomMeta | None = None
+    # Accepted but not screened, and why (studies/applicability.py): stored, answered success, never screened.
+    not_applicable: str | None = None
+    # For a refused DICOM instance: the status a DICOM peer is answered with (0x0122, 0xA900, 0xC000...).
+    dicom_status: int | None = None
 
 
 def is_zip(name: str, data: bytes) -> bool:

@@ -84,5 +84,7 @@ def _study(batch_id: int, name: str, meta: DicomMeta | None, key: str, digest: s
         study.study_instance_uid, study.series_instance_uid = meta.study_instance_uid, meta.series_instance_uid
         study.sop_instance_uid, study.modality = meta.sop_instance_uid, meta.modality
         study.view_position, study.patient_age = meta.view_position, meta.patient_age
-        study.body_part = meta.body_part
+        study.body_part, study.accession_number = meta.body_part, meta.accession_number
+        study.study_date, study.acquired_at, study.patient_sex = meta.study_date, meta.acquired_at, meta.patient_sex
+        study.sop_class_uid = meta.sop_class_uid
     return study
