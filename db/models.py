@@ -149,6 +149,8 @@ class Study(Base):
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     # Accepted but not screened (studies/applicability.py): status done, no prediction, never in the review queue.
     not_applicable: Mapped[str | None] = mapped_column(Text)
+    # When its stored original was deleted by a purge (studies/retention.py); results and pictures stay.
+    original_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The radiology study this image belongs to (one result is reported per study).
     study_result_id: Mapped[int | None] = mapped_column(ForeignKey("study_results.id"), index=True)
     batch: Mapped[Batch] = relationship(back_populates="studies")
@@ -194,6 +196,7 @@ class StudyResult(Base):
     open_flags: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default=ReportStatus.REGISTERED, index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)  # FHIR meta.versionId: rises on every change
+    finalised_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # first time it was final
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     images: Mapped[list["Study"]] = relationship(back_populates="study_result", order_by="Study.id",
@@ -202,7 +205,9 @@ class StudyResult(Base):
 
 class OutboundState(StrEnum):
     PENDING = "pending"  # waiting for its next attempt
+    SENDING = "sending"  # a deliverer holds it until next_attempt_at (its lease), then another may
     SENT = "sent"
+    SUPERSEDED = "superseded"  # a newer version of the result replaced it before it went out
     FAILED = "failed"  # gave up after the last attempt; an admin can send it again
 
 

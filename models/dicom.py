@@ -213,8 +213,8 @@ def _date(text: str) -> datetime.date | None:
 
 
 def acquisition_time(ds) -> datetime.datetime | None:
-    """When the film was taken: AcquisitionDateTime, else Acquisition/Content/Study date and time; the zone from
-    TimezoneOffsetFromUTC, else UTC. None when no date in the header can be read."""
+    """When the film was taken, in UTC: AcquisitionDateTime, else Acquisition/Content/Study date and time, in the
+    zone TimezoneOffsetFromUTC names (UTC when none). None when no date in the header can be read."""
     zone = datetime.timezone.utc
     offset = str(ds.get("TimezoneOffsetFromUTC", "") or "")
     if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
@@ -232,7 +232,7 @@ def acquisition_time(ds) -> datetime.datetime | None:
             moment = datetime.datetime.strptime(text[:8] + clock, "%Y%m%d%H%M%S")
         except ValueError:
             moment = datetime.datetime.strptime(text[:8], "%Y%m%d")
-        return moment.replace(tzinfo=zone)
+        return moment.replace(tzinfo=zone).astimezone(datetime.timezone.utc)  # databases keep UTC
     return None
 
 
@@ -246,3 +246,143 @@ def _age_from_dates(birth, taken) -> str | None:
     if days < 0:
         return None
     return f"{int(days / 365.25):03d}Y" if days >= 366 else f"{int(days / 30.44):03d}M"
+
+
+# De-identification at rest: DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile with the Retain
+# UIDs, Retain Longitudinal Temporal Information (full dates) and Retain Patient Characteristics options, written as
+# an allow list: an attribute is stored only if it is named here, so everything the profile's table E.1-1 removes,
+# blanks or replaces is gone (names, ids, birth date, addresses, phone numbers, institution, physicians, operators,
+# device serials, descriptions, comments), and so is any attribute the table does not know of, every private tag,
+# curve and overlay (50xx, 60xx) and the preamble. Kept: what the service and the pixels need.
+DEIDENTIFY_KEPT = frozenset({
+    # Retain UIDs: how images group into a study and how results go back to the PACS.
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID",
+    # What the screening rules and the report read. AccessionNumber goes beyond the profile (which blanks it):
+    # it is how the RIS matches our result to its order.
+    "AccessionNumber", "Modality", "BodyPartExamined", "ViewPosition", "ImageLaterality", "Laterality",
+    "PatientOrientation", "ImageType", "ConversionType", "PresentationIntentType", "SeriesNumber", "InstanceNumber",
+    # Retain Patient Characteristics (only these two of the option's list).
+    "PatientAge", "PatientSex",
+    # Retain Longitudinal Temporal Information, full dates: when the film was taken is part of the report.
+    "StudyDate", "StudyTime", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime",
+    "AcquisitionDateTime", "ContentDate", "ContentTime", "TimezoneOffsetFromUTC",
+    "SpecificCharacterSet",
+    # Image pixel module and everything decoding reads: frames, palettes, modality and VOI LUT, presentation.
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "PlanarConfiguration", "PixelAspectRatio", "SmallestImagePixelValue",
+    "LargestImagePixelValue", "PixelPaddingValue", "PixelPaddingRangeLimit", "NumberOfFrames", "FrameIncrementPointer",
+    "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+    "ICCProfile", "ColorSpace", "PaletteColorLookupTableUID",
+    "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData", "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData", "SegmentedBluePaletteColorLookupTableData",
+    "RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "PresentationLUTShape", "PixelIntensityRelationship", "PixelIntensityRelationshipSign",
+    "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod", "BurnedInAnnotation",
+    "RecognizableVisualFeatures", "PixelSpacing", "ImagerPixelSpacing", "PixelSpacingCalibrationType",
+    "EstimatedRadiographicMagnificationFactor",
+})
+# Sequences kept, with what their items may hold (a LUT item carries no text we need).
+DEIDENTIFY_SEQUENCES = {
+    "ModalityLUTSequence": frozenset({"LUTDescriptor", "ModalityLUTType", "LUTData"}),
+    "VOILUTSequence": frozenset({"LUTDescriptor", "LUTData"}),
+}
+# Type 2 attributes of the patient and study modules: present and empty (the profile's "Z"), so the file stays valid.
+DEIDENTIFY_EMPTIED = ("PatientName", "PatientID", "PatientBirthDate", "ReferringPhysicianName", "StudyID")
+# CID 7050 codes (DCM) for the profile and the options applied.
+_DEIDENTIFY_CODES = (("113100", "Basic Application Confidentiality Profile"), ("113110", "Retain UIDs Option"),
+                     ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+                     ("113108", "Retain Patient Characteristics Option"))
+_DEIDENTIFY_METHOD = "PS3.15 E.1 basic; UIDs, dates, age, sex, accession kept"
+# Who wrote the stored file (PS3.10 file meta): a fixed UUID-derived UID, so the bytes never depend on a library
+# version (duplicates are found by the hash of the stored bytes).
+IMPLEMENTATION_UID = "2.25.230914448081868464058903349836930306778"
+
+
+def deidentify(data: bytes) -> bytes:
+    """The DICOM file with patient-identifying attributes removed (DEIDENTIFY_KEPT), as Part 10 bytes.
+
+    Deterministic and idempotent: the same input always gives the same bytes, and a de-identified file comes back
+    unchanged. Kept elements are copied as received (pixels byte for byte), in the encoding they were read in.
+    Raises ImageDecodeError (never with a header value in its message) when the file cannot be rewritten.
+    """
+    ds = read_dataset(data)
+    try:
+        out = _kept(ds)
+    except Exception as exc:  # a hostile header pydicom cannot convert: refuse the file rather than keep it whole
+        raise ImageDecodeError(f"DICOM header cannot be de-identified ({type(exc).__name__})") from None
+    return _part10(ds, out)
+
+
+def _kept(ds):
+    """A new data set of the allowed elements (raw, as received), blanked Type 2 ones, age and the method."""
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    out = Dataset()
+    for tag in list(ds.keys()):
+        keyword = keyword_for_tag(tag)
+        if keyword in DEIDENTIFY_KEPT:
+            out[tag] = ds.get_item(tag)
+        elif keyword in DEIDENTIFY_SEQUENCES and ds[tag].VR == "SQ":
+            allowed = DEIDENTIFY_SEQUENCES[keyword]
+            items = [_items_kept(item, allowed) for item in ds[tag].value]
+            out[tag] = DataElement(tag, "SQ", items)
+    for keyword in DEIDENTIFY_EMPTIED:
+        setattr(out, keyword, "")
+    if not str(out.get("PatientAge", "") or "").strip():
+        age = _age_from_dates(ds.get("PatientBirthDate"), ds.get("StudyDate") or ds.get("ContentDate"))
+        if age:
+            out.PatientAge = age  # Retain Patient Characteristics: the age survives the birth date
+        elif "PatientAge" in out:
+            del out.PatientAge
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = _DEIDENTIFY_METHOD
+    codes = []
+    for value, meaning in _DEIDENTIFY_CODES:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
+        codes.append(code)
+    out.DeidentificationMethodCodeSequence = codes
+    out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    return out
+
+
+def _items_kept(item, allowed: frozenset):
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.dataset import Dataset
+
+    kept = Dataset()
+    for tag in list(item.keys()):
+        if keyword_for_tag(tag) in allowed:
+            kept[tag] = item.get_item(tag)
+    return kept
+
+
+def _part10(ds, out) -> bytes:
+    """Preamble (zeros), a file meta of our own (the sender's AE titles and private meta go) and the data set, in
+    the encoding the elements were read in (a file whose meta lies about it is written as it really is)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = ds.original_encoding
+    syntax = ds.file_meta.TransferSyntaxUID
+    if (implicit, little) != (syntax.is_implicit_VR, syntax.is_little_endian) or syntax.is_deflated and implicit:
+        syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = str(out.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    meta.MediaStorageSOPInstanceUID = str(out.get("SOPInstanceUID", "")
+                                          or ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "PNEUMOSCREEN"
+    out.file_meta = meta
+    out.set_original_encoding(implicit, little, ds.original_character_set)
+    buffer = io.BytesIO()
+    try:
+        out.save_as(buffer, enforce_file_format=True)
+    except Exception as exc:  # e.g. an ambiguous VR pydicom cannot settle: refused, never stored as received
+        raise ImageDecodeError(f"DICOM file cannot be rewritten de-identified ({type(exc).__name__})") from None
+    return buffer.getvalue()

@@ -5,9 +5,10 @@ from typing import Iterable
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from db.models import UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, utcnow
+from db.models import UNFINISHED, Batch, FlagStatus, Prediction, Review, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
 from models.reasons import FlagReason
+from studies.results import refresh_many
 
 logger = logging.getLogger(__name__)
 LOOKUP_CHUNK = 500
@@ -54,11 +55,12 @@ def _first_copies(session: Session, studies: list[Study]) -> dict[tuple[int | No
 
 
 def resolve_duplicates(session: Session, original_ids: list[int]) -> int:
-    """Finish the studies waiting on these originals with the originals' outcome; returns how many."""
+    """Finish the studies waiting on these originals with the originals' outcome, and refresh their study
+    results; returns how many."""
     waiting = session.scalars(
         select(Study).where(Study.duplicate_of_id.in_(original_ids),
                             Study.status.in_(UNFINISHED)).with_for_update()).all()
-    resolved = 0
+    resolved = []
     for study in waiting:
         original = session.get(Study, study.duplicate_of_id)
         if original.status == StudyStatus.DONE:
@@ -69,8 +71,9 @@ def resolve_duplicates(session: Session, original_ids: list[int]) -> int:
             audit(session, None, "study.error", "study", study.id, reason=study.error)
         else:
             continue
-        resolved += 1
-    return resolved
+        resolved.append(study)
+    refresh_many(session, (study.study_result_id for study in resolved if study.study_result_id is not None))
+    return len(resolved)
 
 
 def copy_result(session: Session, original: Study, study: Study) -> None:
@@ -87,6 +90,14 @@ def copy_result(session: Session, original: Study, study: Study) -> None:
           duplicate_of=original.id)
     # A quality-check draw is the original's; the copy is no new sample of the department's calls.
     reasons = [reason for reason in original.flag.reasons if reason != FlagReason.QA_SAMPLE] if original.flag else []
-    if reasons:
-        session.add(ReviewFlag(study_id=study.id, reasons=reasons))
-        audit(session, None, "study.flag", "study", study.id, reasons=reasons)
+    if not reasons:
+        return
+    flag = ReviewFlag(study_id=study.id, reasons=reasons)
+    session.add(flag)
+    audit(session, None, "study.flag", "study", study.id, reasons=reasons)
+    decided = original.flag.latest if original.flag.status == FlagStatus.CLOSED else None
+    if decided is not None:
+        # A re-sent film keeps its history: the decision already taken stands, no flag is opened again.
+        flag.status = FlagStatus.CLOSED
+        session.add(Review(flag=flag, reviewer_id=decided.reviewer_id, decision=decided.decision, note=decided.note))
+        audit(session, None, "review.carried", "study", study.id, decision=decided.decision, decided_on=original.id)

@@ -1,13 +1,16 @@
 """Accept what was handed over as a batch: store each good file, record its study, queue the new ones."""
 import logging
+import os
 from typing import Iterable, Iterator
 
 from core.services import Services
 from db.models import Batch, Study, User
 from db.session import audit
-from models.dicom import DicomMeta
+from models.dicom import DicomMeta, deidentify, is_dicom
+from models.limits import ImageDecodeError
 from studies.duplicates import link_duplicates
 from studies.files import Item, expand
+from studies.results import attach, refresh_many
 
 logger = logging.getLogger(__name__)
 INSERT_CHUNK = 500
@@ -50,7 +53,11 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
             rejected.append({"filename": item.name, "error": f"over {MAX_STUDIES} films in one batch: send the "
                                                              "rest in another upload"})
             continue
-        key, digest = services.storage.put_original(item.data)
+        try:
+            key, digest = store_original(services, item)
+        except ImageDecodeError as exc:  # never stored as received when it cannot be de-identified
+            rejected.append({"filename": item.name, "error": str(exc)})
+            continue
         accepted.append((item.name, item.meta, key, digest))  # the bytes are in storage now: not kept here
     if not accepted:
         return None, rejected
@@ -72,10 +79,28 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
             studies = [_study(batch.id, name, meta, key, digest) for name, meta, key, digest in chunk]
             session.add_all(studies)
             session.flush()
+            results = attach(session, batch, studies)  # each image joins its radiology study
             held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
+            refresh_many(session, results)
             study_ids = [study.id for study in studies if study.id not in held]
         services.enqueue(study_ids)
     return batch, rejected
+
+
+def store_original(services: Services, item: Item) -> tuple[str, str]:
+    """Store an accepted file; returns (storage key, sha256 of the stored bytes). DICOM is stored de-identified
+    (PNEUMOSCREEN_DEIDENTIFY, on by default; deterministic, so an identical instance sent again gets the same key
+    and is found as a duplicate); ImageDecodeError when it cannot be. The file's time is set to now, even when the
+    content was stored before: a purge (studies/retention.py) never deletes content handed over again recently."""
+    data = item.data
+    if services.settings.deidentify and is_dicom(data):
+        data = deidentify(data)
+    key, digest = services.storage.put_original(data)
+    try:
+        os.utime(services.storage.path(key))
+    except FileNotFoundError:  # purged in between: store it again
+        key, digest = services.storage.put_original(data)
+    return key, digest
 
 
 def _study(batch_id: int, name: str, meta: DicomMeta | None, key: str, digest: str) -> Study:

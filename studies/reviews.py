@@ -8,6 +8,7 @@ from db.models import Decision, FlagStatus, Review, ReviewFlag, Study
 from db.session import audit
 from models.flags import REASON_TEXT
 from models.reasons import FlagReason
+from studies.results import refresh_many
 from studies.scope import header_causes
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def record_decision(session: Session, study: Study, reviewer_id: int, decision: 
         Study.duplicate_of_id == study.id, ReviewFlag.status == FlagStatus.OPEN)).all()
     for copy in copies:
         _decide(session, copy, reviewer_id, decision, note, decided_on=study.id)
+    refresh_many(session, (image.study_result_id for image in (study, *copies) if image.study_result_id is not None))
     return review
 
 

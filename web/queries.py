@@ -3,10 +3,21 @@ import logging
 from dataclasses import dataclass
 
 from flask_login import current_user
-from sqlalchemy import func, or_, select, true
+from sqlalchemy import exists, func, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import FINISHED, Batch, FlagStatus, Prediction, ReviewFlag, Study, StudyStatus
+from db.models import (
+    FINISHED,
+    Batch,
+    FlagStatus,
+    OutboundMessage,
+    Prediction,
+    ReviewFlag,
+    Study,
+    StudyResult,
+    StudyStatus,
+    as_utc,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +45,15 @@ def visible_study(session: Session, study_id: int) -> Study | None:
     """The study if it exists and its batch is visible to the current user."""
     return session.scalar(select(Study).join(Batch, Study.batch_id == Batch.id)
                           .where(Study.id == study_id, visible_batches()))
+
+
+def visible_results():
+    """A filter on StudyResult: a study is visible when one of its images is (departments never share one)."""
+    return exists().where(Study.study_result_id == StudyResult.id, Study.batch_id == Batch.id, visible_batches())
+
+
+def visible_result(session: Session, result_id: int) -> StudyResult | None:
+    return session.scalar(select(StudyResult).where(StudyResult.id == result_id, visible_results()))
 
 
 def batch_progress(session: Session, batch_ids: list[int]) -> dict[int, dict]:
@@ -70,7 +90,7 @@ def batch_studies(session: Session, batch_id: int) -> list[Study]:
 
 def batch_json(session: Session, batch: Batch) -> dict:
     studies = batch_studies(session, batch.id)
-    return {"id": batch.id, "created_at": batch.created_at.isoformat(),
+    return {"id": batch.id, "created_at": as_utc(batch.created_at).isoformat(),
             **batch_progress(session, [batch.id])[batch.id],
             "studies": [study_json(study) for study in studies]}
 
@@ -87,7 +107,36 @@ def study_json(study: Study) -> dict:
         "site_calibration_id": prediction.site_calibration_id if prediction else None,
         "flagged": flag is not None, "flag_reasons": list(flag.reasons) if flag else [],
         "review_status": flag.status if flag else None,
-        "error": study.error,
+        "error": study.error, "not_applicable": study.not_applicable,
+        "study_result_id": study.study_result_id, "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "uploaded_at": as_utc(study.created_at).isoformat(),
+        "finished_at": as_utc(study.finished_at).isoformat() if study.finished_at else None,
+    }
+
+
+def result_json(session: Session, result: StudyResult) -> dict:
+    """A radiology study's one result, its images and where its outbound messages stand."""
+    messages = session.scalars(select(OutboundMessage).where(OutboundMessage.study_result_id == result.id)
+                               .order_by(OutboundMessage.id)).all()
+    return {
+        "id": result.id, "study_instance_uid": result.study_instance_uid,
+        "accession_number": result.accession_number, "study_date": result.study_date,
+        "acquired_at": as_utc(result.acquired_at).isoformat() if result.acquired_at else None,
+        "scope": result.scope, "call": result.call,
+        "probability": round(result.probability, 4) if result.probability is not None else None,
+        "threshold": result.threshold, "decided_by_image": result.decided_by_image_id,
+        "model_version": result.model_version, "review_decision": result.review_decision,
+        "open_flags": result.open_flags, "status": result.status, "version": result.version,
+        "updated_at": as_utc(result.updated_at).isoformat(),
+        "images": [{"id": image.id, "batch_id": image.batch_id, "filename": image.filename, "status": image.status,
+                    "modality": image.modality, "view_position": image.view_position,
+                    "sop_instance_uid": image.sop_instance_uid, "not_applicable": image.not_applicable}
+                   for image in result.images],
+        "outbound": [{"kind": message.kind, "version": message.result_version, "destination": message.destination,
+                      "state": message.state, "attempts": message.attempts, "last_error": message.last_error,
+                      "sent_at": as_utc(message.sent_at).isoformat() if message.sent_at else None}
+                     for message in messages],
     }
 
 

@@ -20,6 +20,7 @@ from models.screener import Finding, Screener, decode_film
 from studies.calibrations import active_by_department, point_of
 from studies.duplicates import resolve_duplicates
 from studies.qa import draw, shares_by_department
+from studies.results import refresh_many
 from studies.scope import scope_reasons
 from worker.heartbeat import current_worker_id
 
@@ -160,6 +161,10 @@ def _record(sessions: sessionmaker[Session], screener: Screener, claimed: list[_
                 continue
             _store_finding(session, screener, study, outcome.finding, claim)
             counts["done"] += 1
+        session.flush()
+        # Each radiology study's one result, from all its images read so far (studies/results.py).
+        refresh_many(session, session.scalars(select(Study.study_result_id).where(
+            Study.id.in_(study_ids), Study.study_result_id.is_not(None))).all())
         resolve_duplicates(session, study_ids)  # the same file uploaded again meanwhile
     logger.info("batch of %d studies: %s", len(study_ids), counts)
     return counts

@@ -10,7 +10,6 @@ from sqlalchemy import select
 
 from core.services import services_of
 from db.models import Study
-from studies.results import study_result
 from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k, jpeg_lossless, to_bytes
 from tests.helpers import bearer, zip_bytes
 from worker import pipeline
@@ -52,11 +51,12 @@ def test_header_attributes_scope_and_study_result(screened, caplog):
         assert studies["b/lateral.dcm"].flag.reasons == ["out_of_scope"]
         assert studies["a/lateral.dcm"].flag is None  # its study has a frontal film
         assert frontal.flag is None or "out_of_scope" not in frontal.flag.reasons
-        grouped = study_result(session, studies["a/lateral.dcm"])
-        assert grouped["decided_by"] == frontal.id and grouped["images"] == sorted([frontal.id, studies["a/lateral.dcm"].id])
-        assert grouped["probability"] == frontal.prediction.probability
-        assert study_result(session, studies["b/lateral.dcm"])["scope"] == "out_of_scope"
-        assert study_result(session, studies["c/ct.dcm"])["scope"] == "out_of_scope"
+        grouped = studies["a/lateral.dcm"].study_result
+        assert grouped.decided_by_image_id == frontal.id and grouped is frontal.study_result
+        assert [image.id for image in grouped.images] == sorted([frontal.id, studies["a/lateral.dcm"].id])
+        assert grouped.probability == pytest.approx(frontal.prediction.probability)
+        assert studies["b/lateral.dcm"].study_result.scope == "out_of_scope"
+        assert studies["c/ct.dcm"].study_result.scope in ("out_of_scope", "not_applicable")
     assert SECRET_NAME.split("^")[0] not in caplog.text and SECRET_ID not in caplog.text
 
 
@@ -80,30 +80,35 @@ def test_batch_csv_export(screened, users):
 
 def test_fhir_diagnostic_report_validates_and_follows_review(screened, users):
     client, services, ids, _ = screened
-    ct_id = ids["c/ct.dcm"]
-    url = f"/api/v1/studies/{ct_id}/fhir"
+    frontal_id, lateral_id = ids["a/frontal.dcm"], ids["a/lateral.dcm"]
+    url = f"/api/v1/studies/{frontal_id}/fhir"
     response = client.get(url, headers=bearer(users["reviewer"]))
     assert response.status_code == 200 and response.mimetype == "application/fhir+json"
     body = response.get_json()
     report = DiagnosticReport.model_validate(body)
-    assert report.status == "preliminary" and "out of scope" in report.conclusion
     observations = {obs["id"]: Observation.model_validate(obs) for obs in body["contained"]}
     with services.sessions() as session:
-        probability = session.get(Study, ct_id).prediction.probability
+        frontal = session.get(Study, frontal_id)
+        probability, flagged = frontal.prediction.probability, frontal.flag is not None
     assert float(observations["probability"].valueQuantity.value) == pytest.approx(probability, abs=1e-4)
     assert observations["call"].valueCodeableConcept.text in ("PNEUMONIA", "NORMAL")
-    assert observations["review"].status == "registered"
-    assert body["imagingStudy"][0]["identifier"]["value"] == "urn:oid:1.2.3.300"
-
-    decided = client.post(f"/api/v1/studies/{ct_id}/review", json={"decision": "unreadable", "note": "CT scout"},
-                          headers=bearer(users["reviewer"]))
-    assert decided.status_code == 201
-    body = client.get(url, headers=bearer(users["reviewer"])).get_json()
-    review = Observation.model_validate(next(obs for obs in body["contained"] if obs["id"] == "review"))
+    assert f"from image {frontal_id}" in report.conclusion
+    assert body["imagingStudy"][0]["identifier"]["value"] == "urn:oid:1.2.3.100"
+    # Both images of the study answer with the study's one report.
+    lateral = client.get(f"/api/v1/studies/{lateral_id}/fhir", headers=bearer(users["uploader"])).get_json()
+    assert lateral == body
+    if flagged:
+        assert report.status == "preliminary" and observations["review"].status == "registered"
+        decided = client.post(f"/api/v1/studies/{frontal_id}/review", json={"decision": "unreadable",
+                                                                           "note": "rotated"},
+                              headers=bearer(users["reviewer"]))
+        assert decided.status_code == 201
+        body = client.get(url, headers=bearer(users["reviewer"])).get_json()
+        review = Observation.model_validate(next(obs for obs in body["contained"] if obs["id"] == "review"))
+        assert review.status == "final" and review.valueCodeableConcept.text == "unreadable"
+        assert review.note[0].text == "rotated"
     assert DiagnosticReport.model_validate(body).status == "final"
-    assert review.status == "final" and review.valueCodeableConcept.text == "unreadable"
-    assert review.note[0].text == "CT scout"
 
-    lateral = client.get(f"/api/v1/studies/{ids['a/lateral.dcm']}/fhir", headers=bearer(users["uploader"])).get_json()
-    assert f"from frontal image {ids['a/frontal.dcm']}" in DiagnosticReport.model_validate(lateral).conclusion
+    ct = client.get(f"/api/v1/studies/{ids['c/ct.dcm']}/fhir", headers=bearer(users["reviewer"])).get_json()
+    assert "233604007" not in str(ct) and "probability" not in str(ct.get("contained", ""))
     assert client.get("/api/v1/studies/999/fhir", headers=bearer(users["reviewer"])).status_code == 404

@@ -40,6 +40,7 @@ def upgrade() -> None:
     sa.Column('open_flags', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('finalised_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['department_id'], ['departments.id'], name=op.f('fk_study_results_department_id_departments')),
@@ -90,6 +91,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('patient_sex', sa.String(length=1), nullable=True))
         batch_op.add_column(sa.Column('sop_class_uid', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('not_applicable', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('original_purged_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('study_result_id', sa.Integer(), nullable=True))
         batch_op.create_index(batch_op.f('ix_studies_accession_number'), ['accession_number'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_study_date'), ['study_date'], unique=False)
@@ -139,6 +141,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_studies_study_date'))
         batch_op.drop_index(batch_op.f('ix_studies_accession_number'))
         batch_op.drop_column('study_result_id')
+        batch_op.drop_column('original_purged_at')
         batch_op.drop_column('not_applicable')
         batch_op.drop_column('sop_class_uid')
         batch_op.drop_column('patient_sex')
