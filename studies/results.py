@@ -32,6 +32,7 @@ from db.models import (
 )
 from db.session import audit
 from models.reasons import FlagReason
+from studies.outbound import queue_for
 from studies.scope import header_in_scope, is_frontal, readable
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ def refresh(session: Session, result_id: int) -> bool:
     result.updated_at = utcnow()
     audit(session, None, "result.update", "study_result", result.id, version=result.version, status=result.status,
           scope=result.scope, call=result.call, review_decision=result.review_decision)
-    from studies.outbound import queue_for  # the outbound queue reads results: imported here, not at the top
-
     queue_for(session, result)
     return True
 
