@@ -90,6 +90,13 @@ def refresh_many(session: Session, result_ids: Iterable[int]) -> None:
         refresh(session, result_id)
 
 
+def refresh_backfilled(session: Session) -> int:
+    """Compute the results migration 0009 made for images that were there before (left at version 0)."""
+    ids = session.scalars(select(StudyResult.id).where(StudyResult.version == 0)).all()
+    refresh_many(session, ids)
+    return len(ids)
+
+
 def refresh(session: Session, result_id: int) -> bool:
     """Recompute a study result from its images; on any change raise its version, audit it and queue it for
     the department's destinations. Returns whether it changed. Locks the row: workers finishing images of one
