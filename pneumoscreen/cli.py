@@ -37,7 +37,7 @@ def _ready_database(settings: Settings) -> None:
     """The embedded SQLite database is created or migrated on first use; PostgreSQL must be migrated first."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from db.migrate import current, heads, upgrade
+    from db.migrate import current, heads
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -46,7 +46,7 @@ def _ready_database(settings: Settings) -> None:
             return
         if not settings.database_url.startswith("sqlite"):
             raise click.ClickException("the database is not at the newest schema: run `pneumoscreen db upgrade`")
-        upgrade(settings.database_url)
+        _upgrade(settings.database_url)
         click.echo(f"{'created' if revision is None else 'migrated'} the database {settings.database_url}", err=True)
     except SQLAlchemyError as exc:
         raise click.ClickException(f"cannot use the database ({type(exc).__name__}); check DATABASE_URL") from None
@@ -71,12 +71,23 @@ def db_group() -> None:
 @db_group.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the database to the newest schema."""
-    from db.migrate import upgrade
-
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url)
+    _upgrade(settings.database_url)
     click.echo("database is at the newest schema")
+
+
+def _upgrade(url: str) -> None:
+    """Migrate, then compute the study results a migration left to be computed (studies.results)."""
+    from db.migrate import upgrade
+    from db.session import one_off_session
+    from studies.results import refresh_backfilled
+
+    upgrade(url)
+    with one_off_session(url, write=True) as session:
+        refreshed = refresh_backfilled(session)
+    if refreshed:
+        click.echo(f"computed {refreshed} study results", err=True)
 
 
 @main.group("users")

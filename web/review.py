@@ -10,7 +10,7 @@ from db.models import FlagStatus
 from studies.reviews import explain_flag, record_decision
 from web.auth import roles_required
 from web.context import db_session
-from web.queries import review_queue, study_json, visible_study
+from web.queries import result_json, review_queue, study_json, visible_study
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("review", __name__, url_prefix="/review")
@@ -45,9 +45,10 @@ def study(study_id: int):
         db_session().commit()
         flash(f"Study {study_id}: decision recorded.", "info")
         return redirect(_next_open(study_id))
+    result = result_json(db_session(), found.study_result) if found.study_result else None
     return render_template("review_study.html", study=study_json(found), record=found, form=form,
                            reviews=found.flag.reviews, reasons=explain_flag(found),
-                           details=found.prediction.details or {})
+                           details=found.prediction.details or {}, result=result)
 
 
 def _next_open(done_id: int) -> str:
