@@ -46,6 +46,7 @@ def world(app) -> World:
     with services.sessions.begin() as session:
         assert session.scalar(select(ReviewFlag.reasons).where(ReviewFlag.study_id == study_id)) == ["near_threshold"]
         ids["spare_token"] = session.scalar(select(ApiToken.id).where(ApiToken.user_id == ids["spare_user"]))
+        ids["result"] = session.get(Study, study_id).study_result_id
         choice = Choice(OperatingPoint(0.5, 0.3), 0.05, 30, 30, 0.9, 0.8, 1, 0.03, 0.1, 0.12)
         ids["calibration"] = save_calibration(session, "Radiology", Assessment(choice, b"\x89PNG", "0" * 64, "t", []),
                                               None, "matrix", accept=False).id

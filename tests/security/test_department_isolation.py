@@ -8,7 +8,6 @@ from db.accounts import create_user, ensure_department, issue_token
 from db.models import Study
 from studies.files import expand
 from studies.intake import submit_batch
-from studies.results import study_result
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.helpers import StubScreener, bearer
 from worker import pipeline
@@ -38,9 +37,10 @@ def test_a_foreign_frontal_film_does_not_join_a_departments_study(app):
     with services.sessions() as session:
         lateral = session.get(Study, ours)
         assert lateral.flag is not None and lateral.flag.reasons == ["out_of_scope"]
-        result = study_result(session, lateral)
-        assert result["images"] == [ours] and result["scope"] == "out_of_scope" and result["prediction"] is None
-        assert study_result(session, session.get(Study, theirs))["images"] == [theirs]
+        result = lateral.study_result
+        assert [image.id for image in result.images] == [ours] and result.scope == "out_of_scope"
+        assert result.call is None
+        assert [image.id for image in session.get(Study, theirs).study_result.images] == [theirs]
     client = app.test_client()
     report = client.get(f"/api/v1/studies/{theirs}/fhir", headers=bearer(tokens["B"])).get_json()
     assert f"image {ours}" not in report["conclusion"]
