@@ -1,0 +1,263 @@
+"""Results on their way back: each department's destinations (PACS, RIS, FHIR server) and the outbound queue.
+
+`Department.outbound` says where a department's results go (each part optional):
+    {"dicom": {"ae_title": "PACS", "host": "10.0.0.5", "port": 104, "send": ["sr", "sc"]},
+     "hl7": {"host": "ris.local", "port": 2575, "receiving_application": "RIS", "receiving_facility": "HOSP"},
+     "fhir": {"url": "https://fhir.example/fhir", "token": "..."}}
+`queue_for` writes one pending `OutboundMessage` per kind ("sr", "sc", "hl7", "fhir") for each version of a
+result that says something (never `registered`); worker/outbound.py delivers them. A message is built when it
+is sent, from the result as it then stands, so an older version still waiting when a newer one is queued is
+`superseded` (its content no longer exists; the newer message carries the current one). A version that went
+out is always followed by the next one: a sent final report is followed by its amendment.
+"""
+import ipaddress
+import logging
+import re
+from datetime import datetime
+from typing import Iterable
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import Department, OutboundMessage, OutboundState, ReportStatus, StudyResult, utcnow
+from db.session import audit
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("sr", "sc", "hl7", "fhir")
+DICOM_KINDS = ("sr", "sc")
+# A result with something to say; `registered` (images arrived, nothing read) stays home.
+SENT_STATUSES = (ReportStatus.PRELIMINARY, ReportStatus.FINAL, ReportStatus.AMENDED, ReportStatus.CORRECTED,
+                 ReportStatus.CANCELLED)
+# Still on its way: a deliverer may pick it up (pending) or holds it (sending).
+ACTIVE = (OutboundState.PENDING, OutboundState.SENDING)
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# HL7 names (HD): no delimiters (|^~\&), no control characters.
+_HL7_NAME = re.compile(r"[A-Za-z0-9 ._-]{1,40}")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # goes into an HTTP header: printable ASCII, no spaces
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+
+def check_config(raw: object) -> dict | None:
+    """The department's outbound configuration, checked strictly and normalised; ValueError names the bad value.
+    An empty configuration is None (nowhere)."""
+    if raw is None:
+        return None
+    parts = _mapping(raw, "outbound", {"dicom", "hl7", "fhir"})
+    config = {}
+    if parts.get("dicom") is not None:
+        dicom = _mapping(parts["dicom"], "dicom", {"ae_title", "host", "port", "send"})
+        send = dicom.get("send", list(DICOM_KINDS))
+        if not isinstance(send, list) or not send or not set(send) <= set(DICOM_KINDS) or len(set(send)) != len(send):
+            raise ValueError(f"dicom send must be a list of {' and '.join(DICOM_KINDS)}, each once: {send!r}")
+        config["dicom"] = {"ae_title": check_ae_title(dicom.get("ae_title")), "host": check_host(dicom.get("host")),
+                           "port": check_port(dicom.get("port")), "send": [kind for kind in DICOM_KINDS if kind in send]}
+    if parts.get("hl7") is not None:
+        hl7 = _mapping(parts["hl7"], "hl7", {"host", "port", "receiving_application", "receiving_facility"})
+        config["hl7"] = {"host": check_host(hl7.get("host")), "port": check_port(hl7.get("port")),
+                         "receiving_application": _hl7_name(hl7.get("receiving_application", "RIS"),
+                                                            "receiving_application"),
+                         "receiving_facility": _hl7_name(hl7.get("receiving_facility", ""), "receiving_facility")}
+    if parts.get("fhir") is not None:
+        fhir = _mapping(parts["fhir"], "fhir", {"url", "token"})
+        config["fhir"] = {"url": check_url(fhir.get("url")), "token": _token(fhir.get("token"))}
+    return config or None
+
+
+def _mapping(value: object, what: str, allowed: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be an object")
+    unknown = set(value) - allowed
+    if unknown:
+        raise ValueError(f"{what}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}")
+    return value
+
+
+def check_ae_title(value: object) -> str:
+    """A DICOM AE title: 1-16 printable ASCII characters, no backslash (DICOM PS3.5 AE)."""
+    title = value.strip() if isinstance(value, str) else ""
+    if not 1 <= len(title) <= 16 or not all(" " <= c <= "~" and c != "\\" for c in title):
+        raise ValueError(f"AE title must be 1 to 16 printable ASCII characters without a backslash: {value!r}")
+    return title
+
+
+def check_host(value: object) -> str:
+    """A host name (RFC 1123 labels) or an IP address."""
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            labels = value.rstrip(".").split(".")
+            if len(value) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels):
+                return value.rstrip(".").lower()
+    raise ValueError(f"host must be a host name or an IP address: {value!r}")
+
+
+def check_port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"port must be a whole number from 1 to 65535: {value!r}")
+    return value
+
+
+def check_url(value: object) -> str:
+    """An http(s) base URL with a host; no credentials, query or fragment (the token goes in a header)."""
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        port_ok = parts is not None and parts.port != 0  # .port raises ValueError on a port out of range
+    except ValueError:
+        parts, port_ok = None, False
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok
+            or parts.username or parts.password or parts.query or parts.fragment
+            or any(c <= " " or c == "\x7f" for c in value) or len(value) > 500):
+        raise ValueError(f"FHIR URL must be an http:// or https:// base URL without credentials, query or "
+                         f"fragment: {value!r}")
+    check_host(parts.hostname)
+    return value.rstrip("/")
+
+
+def _hl7_name(value: object, what: str) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not _HL7_NAME.fullmatch(value):
+        raise ValueError(f"hl7 {what} must be 1 to 40 letters, digits, spaces or . _ -: {value!r}")
+    return value
+
+
+def _token(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError("FHIR token must be 1 to 4096 printable ASCII characters without spaces")
+    return value
+
+
+def destinations(config: dict | None) -> dict[str, str]:
+    """kind -> where it goes, for people ("PACS@10.0.0.5:104"); nothing for an empty configuration."""
+    config = config or {}
+    targets = {}
+    if "dicom" in config:
+        dicom = config["dicom"]
+        for kind in dicom["send"]:
+            targets[kind] = f"{dicom['ae_title']}@{_host_port(dicom['host'], dicom['port'])}"
+    if "hl7" in config:
+        targets["hl7"] = f"mllp://{_host_port(config['hl7']['host'], config['hl7']['port'])}"
+    if "fhir" in config:
+        targets["fhir"] = config["fhir"]["url"]
+    return targets
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def shown(config: dict | None) -> dict | None:
+    """The configuration for people and the audit log: the FHIR token is never shown."""
+    if not config or "fhir" not in config:
+        return config
+    return config | {"fhir": config["fhir"] | {"token": "(set)" if config["fhir"].get("token") else None}}
+
+
+def set_config(session: Session, department: Department, config: object, actor_id: int | None, by: str) -> None:
+    """Check and store where a department's results go, audited."""
+    department.outbound = check_config(config)
+    audit(session, actor_id, "department.outbound", "department", department.id, outbound=shown(department.outbound),
+          by=by)
+
+
+# --- the queue -----------------------------------------------------------------------------------------------
+
+def queue_for(session: Session, result: StudyResult) -> list[OutboundMessage]:
+    """One pending message per destination kind of the result's department for its current version (never twice:
+    checked here, and the unique constraint settles a race); older versions still pending are superseded."""
+    if result.status not in SENT_STATUSES or result.department_id is None:
+        return []
+    department = session.get(Department, result.department_id)
+    targets = destinations(department.outbound if department else None)
+    for kind in _nothing_to_send(result):
+        targets.pop(kind, None)
+    if not targets:
+        return []
+    superseded = session.scalars(
+        update(OutboundMessage).where(OutboundMessage.study_result_id == result.id,
+                                      OutboundMessage.result_version < result.version,
+                                      OutboundMessage.state == OutboundState.PENDING)
+        .values(state=OutboundState.SUPERSEDED).returning(OutboundMessage.id)).all()
+    for message_id in superseded:
+        audit(session, None, "outbound.superseded", "outbound_message", message_id, by_version=result.version)
+    queued = _queued_kinds(session, result)
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}[session.bind.dialect.name]
+    new_ids = []
+    for kind, destination in targets.items():
+        if kind in queued:
+            continue
+        now = utcnow()
+        message_id = session.scalar(dialect.insert(OutboundMessage).values(
+            study_result_id=result.id, kind=kind, result_version=result.version, destination=destination[:200],
+            state=OutboundState.PENDING, attempts=0, next_attempt_at=now, created_at=now)
+            .on_conflict_do_nothing(index_elements=["study_result_id", "kind", "result_version"])
+            .returning(OutboundMessage.id))
+        if message_id is not None:
+            audit(session, None, "outbound.queued", "outbound_message", message_id, study_result=result.id,
+                  kind=kind, version=result.version, status=result.status, destination=destination)
+            new_ids.append(message_id)
+    if not new_ids:
+        return []
+    return list(session.scalars(select(OutboundMessage).where(OutboundMessage.id.in_(new_ids))
+                                .order_by(OutboundMessage.id)))
+
+
+def _queued_kinds(session: Session, result: StudyResult) -> set[str]:
+    return set(session.scalars(select(OutboundMessage.kind).where(
+        OutboundMessage.study_result_id == result.id, OutboundMessage.result_version == result.version)))
+
+
+def _nothing_to_send(result: StudyResult) -> set[str]:
+    if not result.study_instance_uid:  # DICOM objects join the original study: a PNG/JPEG upload has none
+        return set(DICOM_KINDS)
+    if result.decided_by_image_id is None:  # the secondary capture shows the deciding film: there is none
+        return {"sc"}
+    return set()
+
+
+def states_for(session: Session, result_ids: Iterable[int]) -> dict[int, list[OutboundMessage]]:
+    """For each result, the message of its newest queued version per kind (what the study page shows)."""
+    ids = sorted(set(result_ids))
+    states: dict[int, dict[str, OutboundMessage]] = {result_id: {} for result_id in ids}
+    if not ids:
+        return {}
+    rows = session.scalars(select(OutboundMessage).where(OutboundMessage.study_result_id.in_(ids))
+                           .order_by(OutboundMessage.result_version, OutboundMessage.id))
+    for message in rows:
+        states[message.study_result_id][message.kind] = message  # a later version replaces an earlier one
+    return {result_id: sorted(by_kind.values(), key=lambda m: KINDS.index(m.kind) if m.kind in KINDS else 99)
+            for result_id, by_kind in states.items()}
+
+
+def messages(session: Session, state: str | None = None, limit: int = 50) -> list[OutboundMessage]:
+    """The newest messages first, optionally in one state (`pneumoscreen outbound list`)."""
+    query = select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit)
+    if state:
+        query = query.where(OutboundMessage.state == state)
+    return list(session.scalars(query))
+
+
+def retry(session: Session, message_id: int, actor_id: int | None, by: str,
+          now: datetime | None = None) -> OutboundMessage:
+    """Send a failed message again, with a fresh set of attempts; LookupError or ValueError says why not."""
+    message = session.scalars(select(OutboundMessage).where(OutboundMessage.id == message_id)
+                              .with_for_update()).one_or_none()
+    if message is None:
+        raise LookupError(f"no outbound message {message_id}")
+    if message.state != OutboundState.FAILED:
+        raise ValueError(f"message {message_id} is {message.state}: only failed messages are sent again")
+    current = message.study_result.version
+    if current > message.result_version:
+        raise ValueError(f"message {message_id} is for version {message.result_version} of the result, which is "
+                         f"now at version {current}: retry that version's message instead")
+    message.state, message.attempts, message.next_attempt_at = OutboundState.PENDING, 0, now or utcnow()
+    audit(session, actor_id, "outbound.retry", "outbound_message", message.id, by=by, last_error=message.last_error)
+    return message
