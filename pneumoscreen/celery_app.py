@@ -7,6 +7,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from core.services import services_of
 from pneumoscreen.app import create_app
 from worker.heartbeat import start_heartbeat
+from worker.outbound import start_delivery
 from worker.sweeper import start_sweeper
 
 logger = logging.getLogger(__name__)
@@ -32,11 +33,14 @@ _sweeper = {}
 def _start_sweeper(sender=None, **_kwargs) -> None:
     # In the main process, not the pool children: one sweeper per worker, at start and then periodically.
     _sweeper["stop"] = start_sweeper(services)
+    # Results to the PACS/RIS/FHIR server go out from this thread, never from a screening task: a slow RIS
+    # must not hold a film. Every worker runs one; their claims keep a message from going out twice.
+    _sweeper["deliver"] = start_delivery(services)
     if not isinstance(getattr(sender, "pool", None), PreforkPool):
         start_heartbeat(services)  # tasks run in this process (threads pool: no worker_process_init); once per pid
 
 
 @worker_shutdown.connect
 def _stop_sweeper(**_kwargs) -> None:
-    if "stop" in _sweeper:
-        _sweeper["stop"].set()
+    for stop in _sweeper.values():
+        stop.set()

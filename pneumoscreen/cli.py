@@ -369,6 +369,75 @@ def departments_qa_share(department: str, share: str) -> None:
     click.echo(f"department {department!r}: QA share {shown}")
 
 
+@departments_group.command("outbound")
+@click.argument("department")
+@click.option("--dicom", metavar="AE@HOST:PORT", help="The PACS that stores the results (DICOM C-STORE).")
+@click.option("--dicom-send", metavar="KINDS", help="What the PACS gets: sr, sc or sr,sc [default: sr,sc].")
+@click.option("--hl7", metavar="HOST:PORT", help="The RIS that takes HL7 v2 ORU^R01 over MLLP.")
+@click.option("--hl7-application", metavar="NAME", help="MSH-5, the receiving application [default: RIS].")
+@click.option("--hl7-facility", metavar="NAME", help="MSH-6, the receiving facility [default: none].")
+@click.option("--fhir", metavar="URL", help="The FHIR server's base URL (http:// or https://).")
+@click.option("--fhir-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file holding the FHIR server's bearer token (never on the command line).")
+@click.option("--clear", is_flag=True, help="Forget every destination first; alone, results go nowhere.")
+def departments_outbound(department: str, clear: bool, fhir_token_file: Path | None, **changes: str | None) -> None:
+    """Where DEPARTMENT's results go (PACS, RIS, FHIR server); without options, show it. Audited."""
+    from studies.outbound import department_named, describe, edited, set_config
+
+    settings = _settings()
+    _ready_database(settings)
+    token = fhir_token_file.read_text(errors="replace") if fhir_token_file else None
+    try:
+        with one_off_session(settings.database_url, write=True) as session:
+            found = department_named(session, department)
+            if clear or token is not None or any(value is not None for value in changes.values()):
+                set_config(session, found, edited(found.outbound, clear=clear, fhir_token=token, **changes), None,
+                           f"cli:{getpass.getuser()}")
+            lines = describe(found.outbound)
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"department {department!r}:\n  " + "\n  ".join(lines))
+
+
+@main.group("outbound")
+def outbound_group() -> None:
+    """Results on their way to the PACS, RIS and FHIR server."""
+
+
+@outbound_group.command("list")
+@click.option("--state", type=click.Choice(["pending", "sending", "sent", "superseded", "failed"]), default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def outbound_list(state: str | None, limit: int) -> None:
+    """The newest outbound messages: id, state, kind, study result and version, attempts, destination, error."""
+    from studies.outbound import messages
+
+    settings = _settings()
+    _ready_database(settings)
+    with one_off_session(settings.database_url) as session:
+        for m in messages(session, state, limit):
+            when = f"sent {m.sent_at:%Y-%m-%d %H:%M:%S}" if m.sent_at else f"next {m.next_attempt_at:%Y-%m-%d %H:%M:%S}"
+            click.echo(f"{m.id:>7}  {m.state:<10} {m.kind:<4} result {m.study_result_id} v{m.result_version}  "
+                       f"attempts {m.attempts}  {m.destination}  {when}"
+                       + (f"  error: {m.last_error[:200]}" if m.last_error and m.state != "sent" else ""))
+
+
+@outbound_group.command("retry")
+@click.argument("message_id", type=int)
+def outbound_retry(message_id: int) -> None:
+    """Send a failed message again (a fresh set of attempts, from now). Audited."""
+    from studies.outbound import retry
+
+    settings = _settings()
+    _ready_database(settings)
+    try:
+        with one_off_session(settings.database_url, write=True) as session:
+            message = retry(session, message_id, None, f"cli:{getpass.getuser()}")
+            what = f"{message.kind} of result {message.study_result_id} v{message.result_version}"
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"message {message_id} ({what}) queued again; a worker sends it within seconds")
+
+
 @main.command("evaluate")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")

@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, select
 
 from core.services import Services
 from core.settings import DicomCaller
+from db import counters
 from db.accounts import create_user, ensure_department
 from db.models import DicomPending, User, utcnow
 from db.session import audit
@@ -71,7 +72,9 @@ class Listener:
     def start(self, block: bool = True) -> None:
         """Serve associations; flush quiet studies in a background thread."""
         threading.Thread(target=self._flush_loop, name="dicom-flush", daemon=True).start()
-        handlers = [(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store),
+        handlers = [(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._counted_store),
+                    (evt.EVT_ACCEPTED, lambda event: self._count_association("accepted", "")),
+                    (evt.EVT_REJECTED, lambda event: self._count_association("rejected", "too_many_associations")),
                     (evt.EVT_C_ECHO, lambda event: SUCCESS)]
         logger.info("DICOM listener %s on %s:%d%s for %s (study complete after %ss quiet)", self.ae.ae_title,
                     *self.address, " with TLS" if self.ssl_context else "", ", ".join(self.callers), self.quiet_s)
@@ -101,18 +104,31 @@ class Listener:
             if self._associations_from(address) > MAX_ASSOCIATIONS_PER_ADDRESS:
                 logger.warning("DICOM association from %s at %s refused for now: %d open from that address",
                                calling, address, MAX_ASSOCIATIONS_PER_ADDRESS)
+                self._count_association("rejected", "too_many_from_address")
                 event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded: try later
                 event.assoc.kill()
             return
         logger.warning("DICOM association from %s at %s rejected: not an allowed caller", calling, address)
         with self.services.sessions.begin() as session:
             audit(session, None, "dicom.rejected", "dicom", None, calling_ae=calling[:16], address=address)
+            counters.increment(session, counters.DICOM_ASSOCIATIONS, {"outcome": "rejected", "reason": "not_allowed"})
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
         event.assoc.kill()  # as pynetdicom's own rejection does: the reject is sent before the socket closes
 
     def _associations_from(self, address: str) -> int:
         """Open associations from `address`, the one being negotiated included."""
         return sum(1 for assoc in self.ae.active_associations if str(assoc.requestor.address) == address)
+
+    def _count_association(self, outcome: str, reason: str) -> None:
+        counters.record(self.services.sessions, counters.DICOM_ASSOCIATIONS, {"outcome": outcome, "reason": reason})
+
+    def _counted_store(self, event) -> int:
+        """Answer the C-STORE; a refusal is counted here, what is kept in _keep's transaction."""
+        status = self._on_store(event)
+        if status != SUCCESS:
+            counters.record(self.services.sessions, counters.DICOM_INSTANCES,
+                            {"via": "c-store", "outcome": "refused", "status": f"0x{status:04X}"})
+        return status
 
     def _on_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
@@ -139,6 +155,8 @@ class Listener:
             with self.services.sessions.begin() as session:
                 session.add(DicomPending(calling_ae=calling[:16], address=str(event.assoc.requestor.address)[:64],
                                          study_uid=study_uid[:64], filename=item.name[:512], storage_key=key))
+                outcome = "ignored" if item.not_applicable else "stored"  # ignored: accepted, never screened
+                counters.count_instances(session, "c-store", outcome, SUCCESS)
         except Exception:  # disk full, database locked or down: refuse this instance, not the listener
             logger.exception("C-STORE %s from %s could not be kept; answered out of resources", sop_uid, calling)
             return OUT_OF_RESOURCES

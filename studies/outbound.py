@@ -161,6 +161,72 @@ def shown(config: dict | None) -> dict | None:
     return config | {"fhir": config["fhir"] | {"token": "(set)" if config["fhir"].get("token") else None}}
 
 
+def edited(config: dict | None, *, clear: bool = False, dicom: str | None = None, dicom_send: str | None = None,
+           hl7: str | None = None, hl7_application: str | None = None, hl7_facility: str | None = None,
+           fhir: str | None = None, fhir_token: str | None = None) -> dict | None:
+    """A configuration changed as `pneumoscreen departments outbound` says (AE@host:port, host:port, URL), checked."""
+    config = {} if clear or not config else {kind: dict(part) for kind, part in config.items()}
+    if dicom is not None:
+        ae_title, at, address = dicom.rpartition("@")
+        if not at:
+            raise ValueError(f"--dicom must be AE@host:port, like PACS@10.0.0.5:104: {dicom!r}")
+        config["dicom"] = {"ae_title": ae_title, **_address(address, "--dicom"),
+                           "send": config.get("dicom", {}).get("send", list(DICOM_KINDS))}
+    if dicom_send is not None:
+        _part(config, "dicom", "--dicom-send")["send"] = [kind.strip() for kind in dicom_send.split(",")]
+    if hl7 is not None:
+        config["hl7"] = {**config.get("hl7", {}), **_address(hl7, "--hl7")}
+    for key, value, option in (("receiving_application", hl7_application, "--hl7-application"),
+                               ("receiving_facility", hl7_facility, "--hl7-facility")):
+        if value is not None:
+            _part(config, "hl7", option)[key] = value
+    if fhir is not None:
+        config["fhir"] = {**config.get("fhir", {}), "url": fhir}
+    if fhir_token is not None:
+        _part(config, "fhir", "--fhir-token-file")["token"] = fhir_token.strip()
+    return check_config(config)
+
+
+def _address(text: str, option: str) -> dict:
+    """host:port or [IPv6]:port."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{option} needs host:port, like ris.local:2575: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return {"host": host, "port": int(port)}
+
+
+def _part(config: dict, kind: str, option: str) -> dict:
+    if kind not in config:
+        raise ValueError(f"{option}: the department has no {kind} destination yet (set --{kind} too)")
+    return config[kind]
+
+
+def describe(config: dict | None) -> list[str]:
+    """One line per destination, for people (never the token)."""
+    config = config or {}
+    lines = []
+    if "dicom" in config:
+        dicom = config["dicom"]
+        lines.append(f"dicom: {dicom['ae_title']}@{_host_port(dicom['host'], dicom['port'])} "
+                     f"(C-STORE of {', '.join(dicom['send'])})")
+    if "hl7" in config:
+        hl7 = config["hl7"]
+        lines.append(f"hl7: mllp://{_host_port(hl7['host'], hl7['port'])} (ORU^R01 to "
+                     f"{hl7['receiving_application'] or '-'} at {hl7['receiving_facility'] or '-'})")
+    if "fhir" in config:
+        lines.append(f"fhir: {config['fhir']['url']} ({'bearer token set' if config['fhir'].get('token') else 'no token'})")
+    return lines or ["no destinations: results stay here"]
+
+
+def department_named(session: Session, name: str) -> Department:
+    department = session.scalar(select(Department).where(Department.name == name.strip()))
+    if department is None:
+        raise LookupError(f"no department {name!r}")
+    return department
+
+
 def set_config(session: Session, department: Department, config: object, actor_id: int | None, by: str) -> None:
     """Check and store where a department's results go, audited."""
     department.outbound = check_config(config)

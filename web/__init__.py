@@ -37,6 +37,7 @@ def init_web(app: Flask) -> None:
     app.before_request(_bind_request_id)
     app.after_request(_send_request_id)
     app.after_request(_security_headers)
+    metrics.init_app(app)  # counts every request (after_request) for /metrics
     app.teardown_appcontext(_end_request)
     app.register_error_handler(413, _too_large)
     app.register_error_handler(500, _server_error)
