@@ -57,6 +57,10 @@ class Settings:
     heartbeat_s: int = 5
     # Share of unflagged NORMAL calls sent to review as quality-check samples (a department may set its own).
     qa_share: float = 0.02
+    # DICOM originals are stored de-identified (models.dicom.deidentify); off: stored exactly as received.
+    deidentify: bool = True
+    # Stored originals of studies finished this many days ago are deleted daily by the sweeper; None: kept forever.
+    retention_days: int | None = None
 
     @property
     def embedded(self) -> bool:
@@ -103,6 +107,8 @@ class Settings:
             stale_running_s=_int(env, "PNEUMOSCREEN_STALE_RUNNING_S", 600, 1, 86_400),
             heartbeat_s=_int(env, "PNEUMOSCREEN_HEARTBEAT_S", 5, 1, 3600),
             qa_share=_share(env, "PNEUMOSCREEN_QA_SHARE", 0.02),
+            deidentify=_bool(env, "PNEUMOSCREEN_DEIDENTIFY", True),
+            retention_days=_int(env, "PNEUMOSCREEN_RETENTION_DAYS", None, 1, 36_500),
         )
 
 
@@ -123,7 +129,7 @@ def _database_url(url: str) -> str:
     raise ConfigError(f"DATABASE_URL must be a postgresql:// or sqlite:// URL, got {url.split('://')[0]!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
     raw = env.get(name)
     if raw is None or raw == "":
         return default

@@ -368,6 +368,9 @@ def _part10(ds, out) -> bytes:
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     implicit, little = ds.original_encoding
+    raw = next((elem for elem in map(ds.get_item, ds.keys()) if elem is not None and elem.is_raw), None)
+    if raw is not None:  # how the elements were really read: pydicom falls back to implicit VR when meta lies
+        implicit, little = raw.is_implicit_VR, raw.is_little_endian
     syntax = ds.file_meta.TransferSyntaxUID
     if (implicit, little) != (syntax.is_implicit_VR, syntax.is_little_endian) or syntax.is_deflated and implicit:
         syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian

@@ -438,6 +438,32 @@ def outbound_retry(message_id: int) -> None:
     click.echo(f"message {message_id} ({what}) queued again; a worker sends it within seconds")
 
 
+@main.command("purge")
+@click.option("--originals-older-than", "days", required=True, type=click.IntRange(min=1), metavar="DAYS",
+              help="Delete the stored original files of studies finished more than DAYS days ago.")
+@click.option("--derived", is_flag=True, help="Also delete those studies' pictures (film view, thumbnail, crop, "
+                                              "heatmap): the portal then shows none.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+def purge(days: int, derived: bool, dry_run: bool) -> None:
+    """Retention: delete old originals; results, rows and (without --derived) pictures stay. Audited."""
+    from core.storage import Storage
+    from db.session import make_engine, make_session_factory
+    from studies.retention import purge_originals
+
+    settings = _settings()
+    _ready_database(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        report = purge_originals(make_session_factory(engine), Storage(settings.storage_dir), days, dry_run=dry_run,
+                                 derived=derived, by=f"cli:{getpass.getuser()}")
+    finally:
+        engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {report.files} original files ({report.bytes / 2**20:.1f} MB) of {report.studies} studies "
+               f"finished more than {days} days ago, and {report.derived} pictures; kept {report.kept_in_use} "
+               f"still in use and {report.kept_recent} handed over again since")
+
+
 @main.command("evaluate")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")

@@ -24,7 +24,8 @@ from db.accounts import create_user, ensure_department
 from db.models import DicomPending, User, utcnow
 from db.session import audit
 from studies.files import MAX_FILE_BYTES, Item, expand
-from studies.intake import submit_batch
+from models.limits import ImageDecodeError
+from studies.intake import store_original, submit_batch
 
 logger = logging.getLogger(__name__)
 
@@ -151,12 +152,15 @@ class Listener:
         Whatever fails here, the sender hears a failure and sends again; a success is never lost."""
         study_uid = (item.meta.study_instance_uid if item.meta else None) or sop_uid
         try:
-            key, _ = self.services.storage.put_original(item.data)
+            key, _ = store_original(self.services, item)  # de-identified (PNEUMOSCREEN_DEIDENTIFY)
             with self.services.sessions.begin() as session:
                 session.add(DicomPending(calling_ae=calling[:16], address=str(event.assoc.requestor.address)[:64],
                                          study_uid=study_uid[:64], filename=item.name[:512], storage_key=key))
                 outcome = "ignored" if item.not_applicable else "stored"  # ignored: accepted, never screened
                 counters.count_instances(session, "c-store", outcome, SUCCESS)
+        except ImageDecodeError as exc:  # cannot be de-identified: refused, never kept as received
+            logger.info("C-STORE %s refused: %s", sop_uid, exc)
+            return CANNOT_UNDERSTAND
         except Exception:  # disk full, database locked or down: refuse this instance, not the listener
             logger.exception("C-STORE %s from %s could not be kept; answered out of resources", sop_uid, calling)
             return OUT_OF_RESOURCES

@@ -20,11 +20,14 @@ from sqlalchemy.orm import Session
 from core.services import QUEUE, Services
 from db.models import Study, StudyStatus, Worker, heartbeat_cutoff, utcnow
 from studies.duplicates import resolve_duplicates
+from studies.retention import purge_originals
 
 logger = logging.getLogger(__name__)
 
 # Rows of workers silent this long go: by then the time limit has sent any study they held again.
 PRUNE_WORKERS_AFTER = timedelta(days=1)
+# PNEUMOSCREEN_RETENTION_DAYS is applied at start and then once a day.
+PURGE_EVERY_S = 86_400
 
 
 def requeue_stale(services: Services, queued_older_than_s: int | None = None,
@@ -99,9 +102,12 @@ def start_sweeper(services: Services) -> threading.Event:
     every = min(settings.heartbeat_s, settings.sweep_interval_s)
 
     def loop() -> None:
-        next_sweep = time.monotonic()
+        next_sweep = next_purge = time.monotonic()
         while not stop.is_set():
             try:
+                if settings.retention_days and time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_EVERY_S
+                    purge_originals(services.sessions, services.storage, settings.retention_days, by="sweeper")
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + settings.sweep_interval_s
                     requeue_stale(services)
