@@ -11,7 +11,7 @@ from werkzeug.routing import IntegerConverter
 from core.logs import bind, unbind
 from core.services import current_services
 from db.models import UNFINISHED, Study, Worker, heartbeat_cutoff
-from web import admin, api, auth, batches, calibration, dicomweb, exports, fhir, metrics, qa, review
+from web import admin, api, auth, batches, calibration, dicomweb, dicomweb_read, exports, fhir, metrics, qa, review
 from web.context import close_db_session, csrf, drop_db_session
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ def init_web(app: Flask) -> None:
     app.url_map.converters["int"] = RowId
     csrf.init_app(app)
     auth.login_manager.init_app(app)
-    for blueprint in (auth, batches, review, qa, api, admin, calibration, metrics, exports, fhir, dicomweb):
+    for blueprint in (auth, batches, review, qa, api, admin, calibration, metrics, exports, fhir, dicomweb,
+                      dicomweb_read):
         app.register_blueprint(blueprint.bp)
     csrf.exempt(dicomweb.bp)  # bearer tokens only: no cookie session can post there
     csrf.exempt(api.bp)
