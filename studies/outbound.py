@@ -55,7 +55,8 @@ def check_config(raw: object) -> dict | None:
         if not isinstance(send, list) or not send or not set(send) <= set(DICOM_KINDS) or len(set(send)) != len(send):
             raise ValueError(f"dicom send must be a list of {' and '.join(DICOM_KINDS)}, each once: {send!r}")
         config["dicom"] = {"ae_title": check_ae_title(dicom.get("ae_title")), "host": check_host(dicom.get("host")),
-                           "port": check_port(dicom.get("port")), "send": [kind for kind in DICOM_KINDS if kind in send]}
+                           "port": check_port(dicom.get("port")),
+                           "send": [kind for kind in DICOM_KINDS if kind in send]}
     if parts.get("hl7") is not None:
         hl7 = _mapping(parts["hl7"], "hl7", {"host", "port", "receiving_application", "receiving_facility"})
         config["hl7"] = {"host": check_host(hl7.get("host")), "port": check_port(hl7.get("port")),
@@ -216,7 +217,8 @@ def describe(config: dict | None) -> list[str]:
         lines.append(f"hl7: mllp://{_host_port(hl7['host'], hl7['port'])} (ORU^R01 to "
                      f"{hl7['receiving_application'] or '-'} at {hl7['receiving_facility'] or '-'})")
     if "fhir" in config:
-        lines.append(f"fhir: {config['fhir']['url']} ({'bearer token set' if config['fhir'].get('token') else 'no token'})")
+        token = "bearer token set" if config["fhir"].get("token") else "no token"
+        lines.append(f"fhir: {config['fhir']['url']} ({token})")
     return lines or ["no destinations: results stay here"]
 
 

@@ -110,3 +110,25 @@ class FhirPeer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StorePeer:
+    """A PACS: a pynetdicom storage SCP for SR and Secondary Capture that keeps what arrives."""
+
+    def __init__(self):
+        from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+        from pynetdicom import AE, evt
+
+        self.received = []
+        ae = AE(ae_title="TESTPACS")
+        for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+            ae.add_supported_context(sop_class)
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.port = self.server.server_address[1]
+
+    def _store(self, event) -> int:
+        self.received.append(event.dataset)
+        return 0x0000
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -214,7 +214,8 @@ def test_a_report_goes_to_the_fhir_server_as_a_conditional_update(sessions, stor
     first, second = server.requests
     assert "invalid" not in first and "invalid" not in second
     assert first["path"] == "/fhir/DiagnosticReport"
-    assert first["query"]["identifier"] == second["query"]["identifier"] == [f"urn:pneumoscreen:study-result|{result_id}"]
+    identifier = [f"urn:pneumoscreen:study-result|{result_id}"]
+    assert first["query"]["identifier"] == second["query"]["identifier"] == identifier
     assert first["headers"]["Authorization"] == "Bearer tok-1"
     assert first["headers"]["Content-Type"] == "application/fhir+json"
     assert (first["report"].status, second["report"].status) == ("preliminary", "final")
