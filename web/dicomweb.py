@@ -90,10 +90,10 @@ def _store(target_study: str | None):
     batch = None
     if items:
         batch, rejected = submit_batch(current_services(), items, current_user.id, "dicomweb")
-        for refused in rejected:
-            index = next(i for i, item in enumerate(items) if item.name == refused["filename"])
-            failed.append((stored.pop(index), PROCESSING_FAILURE, refused["error"]))
-            items.pop(index)
+        reasons = {refused["filename"]: refused["error"] for refused in rejected}
+        failed += [(uids, PROCESSING_FAILURE, reasons[item.name]) for uids, item in zip(stored, items)
+                   if item.name in reasons]
+        stored = [uids for uids, item in zip(stored, items) if item.name not in reasons]
     for uids, _, reason in failed:
         logger.info("STOW-RS instance %s refused: %s", uids.instance, reason)
     status = 200 if not failed else 202 if stored else 409

@@ -369,13 +369,20 @@ def _retrieve(rows: list[Study]) -> Response:
     if syntaxes is None:
         _fail(406, 'instances are sent as multipart/related; type="application/dicom": accept that (or */*)')
     storage = current_services().storage
-    files = [_part10(storage.get(row.storage_key)) for row in rows]
-    refused = sorted({syntax for _, syntax in files if "*" not in syntaxes and syntax not in syntaxes})
-    if refused:
-        _fail(406, f"stored as transfer syntax {', '.join(refused)} and not transcoded here: ask for "
-                   f"transfer-syntax={refused[0]} or transfer-syntax=*")
-    return multipart(((f"application/dicom; transfer-syntax={syntax}", data) for data, syntax in files),
-                     "application/dicom")
+    if "*" not in syntaxes:  # a first look at the headers: refuse before any part is sent
+        refused = sorted({syntax for row in rows
+                          if (syntax := str(getattr(_header(storage, row), "file_meta", {}).get("TransferSyntaxUID")))
+                          not in syntaxes})
+        if refused:
+            _fail(406, f"stored as transfer syntax {', '.join(refused)} and not transcoded here: ask for "
+                       f"transfer-syntax={refused[0]} or transfer-syntax=*")
+
+    def files():  # one original in memory at a time
+        for row in rows:
+            data, syntax = _part10(storage.get(row.storage_key))
+            yield f"application/dicom; transfer-syntax={syntax}", data
+
+    return multipart(files(), "application/dicom")
 
 
 def _part10(data: bytes) -> tuple[bytes, str]:
