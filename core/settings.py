@@ -26,6 +26,28 @@ class DicomCaller:
 
 
 @dataclass(frozen=True)
+class RoutingRule:
+    """A site rule for DICOM instances (studies/applicability.py): when every condition set holds, the action.
+
+    Conditions left empty/None hold for any instance; an empty string in a list stands for "absent".
+    """
+
+    action: str  # screen, ignore or refuse
+    reason: str = ""  # recorded (ignore) or sent as the ErrorComment (refuse)
+    status: int = 0x0122  # refuse only: the DICOM status the sender is answered with
+    modality: tuple[str, ...] = ()
+    sop_class: tuple[str, ...] = ()
+    body_part: tuple[str, ...] = ()
+    view: tuple[str, ...] = ()
+    age_from: float | None = None  # years, inclusive; an unknown age never matches
+    age_under: float | None = None  # years, exclusive
+    for_processing: bool | None = None
+    colour: bool | None = None
+    has_pixels: bool | None = None
+    storage_class: bool | None = None  # a standard DICOM storage SOP class (or none named)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the portal, the worker and the CLI need to know about their surroundings."""
 
@@ -61,6 +83,8 @@ class Settings:
     deidentify: bool = True
     # Stored originals of studies finished this many days ago are deleted daily by the sweeper; None: kept forever.
     retention_days: int | None = None
+    # Site rules tried before the built-in ones for each DICOM instance (PNEUMOSCREEN_ROUTING_RULES, a JSON file).
+    routing_rules: tuple[RoutingRule, ...] = ()
 
     @property
     def embedded(self) -> bool:
@@ -107,6 +131,7 @@ class Settings:
             stale_running_s=_int(env, "PNEUMOSCREEN_STALE_RUNNING_S", 600, 1, 86_400),
             heartbeat_s=_int(env, "PNEUMOSCREEN_HEARTBEAT_S", 5, 1, 3600),
             qa_share=_share(env, "PNEUMOSCREEN_QA_SHARE", 0.02),
+            routing_rules=routing_rules(env.get("PNEUMOSCREEN_ROUTING_RULES", "")),
             deidentify=_bool(env, "PNEUMOSCREEN_DEIDENTIFY", True),
             retention_days=_int(env, "PNEUMOSCREEN_RETENTION_DAYS", None, 1, 36_500),
         )
@@ -159,7 +184,76 @@ def dicom_callers(raw: str) -> tuple[DicomCaller, ...]:
     return tuple(callers)
 
 
+_RULE_LISTS = ("modality", "sop_class", "body_part", "view")
+_RULE_FLAGS = ("for_processing", "colour", "has_pixels", "storage_class")
+_REFUSE_STATUSES = {"0x0122": 0x0122, "0xA900": 0xA900, "0xC000": 0xC000}
+
+
+def routing_rules(path: str) -> tuple[RoutingRule, ...]:
+    """PNEUMOSCREEN_ROUTING_RULES: a JSON file holding a list of rules, tried in order before the built-in ones,
+    e.g. `[{"modality": ["OT"], "body_part": ["CHEST"], "action": "screen"},
+    {"age_from": 16, "action": "ignore", "reason": "adult: this site screens children only"}]`."""
+    import json
+
+    if not path.strip():
+        return ()
+    name = "PNEUMOSCREEN_ROUTING_RULES"
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {path!r} is not valid JSON: {exc}") from None
+    if not isinstance(entries, list) or not 1 <= len(entries) <= 100:
+        raise ConfigError(f"{name}: {path!r} must hold a JSON list of 1 to 100 rules")
+    return tuple(_routing_rule(f"{name} rule {number}", entry) for number, entry in enumerate(entries, 1))
+
+
+def _routing_rule(where: str, entry: object) -> RoutingRule:
+    """One rule object, checked key by key; ConfigError names the rule and the key."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {entry!r}")
+    known = {"action", "reason", "status", "age_from", "age_under", *_RULE_LISTS, *_RULE_FLAGS}
+    if unknown := sorted(set(entry) - known):
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    action, reason = entry.get("action"), entry.get("reason", "")
+    if action not in ("screen", "ignore", "refuse"):
+        raise ConfigError(f"{where}: action must be screen, ignore or refuse, got {action!r}")
+    if action == "screen" and ("reason" in entry or "status" in entry):
+        raise ConfigError(f"{where}: a screen rule takes no reason or status")
+    if action != "screen" and (not isinstance(reason, str) or not 1 <= len(reason.strip()) <= 64
+                               or not reason.isprintable()):
+        raise ConfigError(f"{where}: an {action} rule needs a reason of 1-64 printable characters")
+    if "status" in entry and (action != "refuse" or entry["status"] not in _REFUSE_STATUSES):
+        raise ConfigError(f"{where}: status is for refuse rules only, one of {', '.join(_REFUSE_STATUSES)}")
+    values: dict = {"action": action, "reason": reason.strip(),
+                    "status": _REFUSE_STATUSES[entry.get("status", "0x0122")]}
+    for key in _RULE_LISTS:
+        if key in entry:
+            items = entry[key]
+            if not isinstance(items, list) or not items or not all(
+                    isinstance(item, str) and len(item) <= 64 and item.isprintable() for item in items):
+                raise ConfigError(f"{where}: {key} must be a non-empty list of strings (at most 64 characters)")
+            values[key] = tuple(item.strip().upper() for item in items)
+    for uid in values.get("sop_class", ()):
+        if not all(part.isdigit() and (part == "0" or part[0] != "0") for part in uid.split(".")):
+            raise ConfigError(f"{where}: sop_class {uid!r} is not a UID (e.g. 1.2.840.10008.5.1.4.1.1.7)")
+    for key in ("age_from", "age_under"):
+        if key in entry:
+            age = entry[key]
+            if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age <= 150:
+                raise ConfigError(f"{where}: {key} must be a number of years from 0 to 150, got {age!r}")
+            values[key] = float(age)
+    for key in _RULE_FLAGS:
+        if key in entry:
+            if not isinstance(entry[key], bool):
+                raise ConfigError(f"{where}: {key} must be true or false, got {entry[key]!r}")
+            values[key] = entry[key]
+    return RoutingRule(**values)
+
+
 def _share(env: Mapping[str, str], name: str, default: float) -> float:
+
     raw = env.get(name, "").strip()
     if raw == "":
         return default

@@ -13,6 +13,10 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         HTJ2KLossless, HTJ2KLosslessRPCL, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLossless,
+                         JPEGLosslessSV1, JPEGLSLossless, RLELossless)
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import delete, func, select
@@ -25,15 +29,22 @@ from db.models import DicomPending, User, utcnow
 from db.session import audit
 from studies.files import MAX_FILE_BYTES, Item, expand
 from models.limits import ImageDecodeError
+from studies.applicability import error_comment, listener_sop_classes
 from studies.intake import store_original, submit_batch
 
 logger = logging.getLogger(__name__)
 
 LISTENER_USER = "dicom-listener"
-SUCCESS, CANNOT_UNDERSTAND, NOT_SUPPORTED, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA900, 0xA700
+SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
 MAX_ASSOCIATIONS, MAX_ASSOCIATIONS_PER_ADDRESS, IDLE_TIMEOUT_S = 32, 4, 20
 # Instances read into memory at once (each at most studies.files.MAX_FILE_BYTES): the listener's memory cap.
 IN_MEMORY = 2
+# pynetdicom accepts, for each proposed context, the first syntax of this list the sender proposes: lossless
+# first (uncompressed, then lossless compression), lossy JPEG only when a sender offers nothing else.
+LOSSLESS_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGLosslessSV1,
+                     JPEGLossless, JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, HTJ2KLosslessRPCL, RLELossless,
+                     ExplicitVRBigEndian]
+PREFERRED_SYNTAXES = LOSSLESS_SYNTAXES + [syntax for syntax in ALL_TRANSFER_SYNTAXES if syntax not in LOSSLESS_SYNTAXES]
 # Received instances go to a temporary file as they arrive, not into memory (pynetdicom's chunked receive).
 _config.STORE_RECV_CHUNKED_DATASET = True
 
@@ -65,9 +76,11 @@ class Listener:
         self.ae.maximum_associations = MAX_ASSOCIATIONS
         self.ae.network_timeout = self.ae.acse_timeout = IDLE_TIMEOUT_S
         self.ae.add_supported_context(Verification)
-        # Every storage SOP class (CR, DX, CT...): out-of-scope modalities are stored and flagged, not refused.
-        for context in _storage_contexts():
-            self.ae.add_supported_context(context, ALL_TRANSFER_SYNTAXES)
+        # Every storage SOP class (CR, DX, CT, SR...): what is not a chest film is accepted and ignored, not refused
+        # (a refusal makes a PACS send again); the routing rules decide per instance (studies/applicability.py).
+        self.rules = services.settings.routing_rules
+        for sop_class in listener_sop_classes(self.rules):
+            self.ae.add_supported_context(sop_class, PREFERRED_SYNTAXES)
         self.server = None
 
     def start(self, block: bool = True) -> None:
@@ -123,15 +136,16 @@ class Listener:
     def _count_association(self, outcome: str, reason: str) -> None:
         counters.record(self.services.sessions, counters.DICOM_ASSOCIATIONS, {"outcome": outcome, "reason": reason})
 
-    def _counted_store(self, event) -> int:
+    def _counted_store(self, event) -> int | Dataset:
         """Answer the C-STORE; a refusal is counted here, what is kept in _keep's transaction."""
         status = self._on_store(event)
-        if status != SUCCESS:
+        code = int(getattr(status, "Status", status))  # a refusal with a reason is a Dataset (_status)
+        if code != SUCCESS:
             counters.record(self.services.sessions, counters.DICOM_INSTANCES,
-                            {"via": "c-store", "outcome": "refused", "status": f"0x{status:04X}"})
+                            {"via": "c-store", "outcome": "refused", "status": f"0x{code:04X}"})
         return status
 
-    def _on_store(self, event) -> int:
+    def _on_store(self, event) -> int | Dataset:
         calling = str(event.assoc.requestor.ae_title).strip()
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         # pynetdicom wrote the instance to a temporary file as it arrived (chunked receive): nothing of it is in
@@ -141,10 +155,12 @@ class Listener:
             logger.info("C-STORE %s from %s refused: %d MB", sop_uid, calling, path.stat().st_size // 2**20)
             return OUT_OF_RESOURCES
         with self.reading:
-            item = next(expand(f"dicom/{sop_uid}.dcm", path.read_bytes()))
+            item = next(expand(f"dicom/{sop_uid}.dcm", path.read_bytes(), self.rules))
             if item.error:
                 logger.info("C-STORE %s refused: %s", sop_uid, item.error)
-                return NOT_SUPPORTED
+                return _status(item.dicom_status or CANNOT_UNDERSTAND, item.error)
+            if item.not_applicable:  # kept and answered success like any instance; never screened
+                logger.info("C-STORE %s from %s accepted, not screened: %s", sop_uid, calling, item.not_applicable)
             return self._keep(event, calling, sop_uid, item)
 
     def _keep(self, event, calling: str, sop_uid: str, item: Item) -> int:
@@ -192,7 +208,8 @@ class Listener:
             rows = session.scalars(select(DicomPending).where(
                 DicomPending.calling_ae == calling, DicomPending.study_uid == study_uid)
                 .order_by(DicomPending.id)).all()
-        items = [item for row in rows for item in expand(row.filename, self.services.storage.get(row.storage_key))]
+        items = [item for row in rows
+                 for item in expand(row.filename, self.services.storage.get(row.storage_key), self.rules)]
         known = self.callers.get(calling)
         department = known[1] if known else department_id(self.services, "DICOM (caller no longer listed)")
         batch, _ = submit_batch(self.services, items, self.user_id, "dicom", department_id=department,
@@ -202,6 +219,13 @@ class Listener:
         logger.info("DICOM study %s from %s: %d instances queued as batch %s", study_uid, calling, len(items),
                     batch.id if batch else None)
         return batch.id if batch else None
+
+
+def _status(status: int, reason: str) -> Dataset:
+    """A C-STORE failure with its reason in ErrorComment, for the sender's log."""
+    answer = Dataset()
+    answer.Status, answer.ErrorComment = status, error_comment(reason)
+    return answer
 
 
 def department_id(services: Services, name: str) -> int:
@@ -228,8 +252,3 @@ def listener_user(services: Services) -> int:
             user_id = create_user(session, LISTENER_USER, "uploader", None).id
     return user_id
 
-
-def _storage_contexts():
-    from pynetdicom import StoragePresentationContexts
-
-    return [context.abstract_syntax for context in StoragePresentationContexts]

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from core.settings import RoutingRule
 from models.dicom import DicomMeta, header_meta, is_dicom
 from models.imaging import check_image
+from studies.applicability import CANNOT_UNDERSTAND, IGNORE, REFUSE, route
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +45,16 @@ def is_zip(name: str, data: bytes) -> bool:
     return name.lower().endswith(".zip") or data[:4] == b"PK\x03\x04"
 
 
-def expand(name: str, data: bytes) -> Iterator[Item]:
-    """Yield the images in one upload: the file itself, or the members of a zip archive."""
+def expand(name: str, data: bytes, rules: tuple[RoutingRule, ...] = ()) -> Iterator[Item]:
+    """Yield the images in one upload: the file itself, or the members of a zip archive. DICOM files are routed
+    (studies.applicability) by the site's `rules` (Settings.routing_rules), then the built-in ones."""
     name = clean_name(name)
     if len(data) > MAX_FILE_BYTES and not is_zip(name, data):
         limit = MAX_FILE_BYTES // 2**20
         yield Item(name, error=f"file is {len(data) / 2**20:.0f} MB, over the {limit} MB per-file limit")
         return
     if not is_zip(name, data):
-        yield _item(name, data)
+        yield _item(name, data, rules)
         return
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -81,10 +84,11 @@ def expand(name: str, data: bytes) -> Iterator[Item]:
         elif member.filename.lower().endswith(".zip"):
             yield Item(label, error="nested zip archives are not accepted: send the images directly")
         else:
-            yield _read_member(archive, member, label)
+            yield _read_member(archive, member, label, rules)
 
 
-def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str) -> Item:
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str,
+                 rules: tuple[RoutingRule, ...]) -> Item:
     try:
         with archive.open(member) as handle:
             data = handle.read(MAX_MEMBER_BYTES + 1)
@@ -94,7 +98,7 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str) 
         return Item(label, error="zip member too large when uncompressed (possible zip bomb)")
     if data[:4] == b"PK\x03\x04":
         return Item(label, error="nested zip archives are not accepted: send the images directly")
-    return _item(label, data)
+    return _item(label, data, rules)
 
 
 def clean_name(name: str) -> str:
@@ -109,10 +113,20 @@ def _unsafe_path(filename: str) -> bool:
     return filename.startswith(("/", "\\")) or ".." in parts or bool(re.match(r"^[A-Za-z]:", filename))
 
 
-def _item(name: str, data: bytes) -> Item:
-    """An accepted or refused image; DICOM files carry their header attributes along."""
-    error = check_image(data)
-    return Item(name, data, error, header_meta(data) if error is None and is_dicom(data) else None)
+def _item(name: str, data: bytes, rules: tuple[RoutingRule, ...] = ()) -> Item:
+    """An accepted, ignored or refused image; DICOM files carry their header attributes along."""
+    if not is_dicom(data):
+        return Item(name, data, check_image(data))
+    meta = header_meta(data)
+    decision = route(data, meta, rules)
+    if decision.action == REFUSE:
+        return Item(name, data, decision.reason, dicom_status=decision.status)
+    if decision.action == IGNORE:
+        return Item(name, data, meta=meta, not_applicable=decision.reason)
+    error = check_image(data)  # to be screened: the image itself must be one the screener can take
+    if error is not None:
+        return Item(name, data, error, dicom_status=CANNOT_UNDERSTAND)
+    return Item(name, data, meta=meta)
 
 
 def _is_junk(filename: str) -> bool:

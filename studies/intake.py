@@ -4,7 +4,7 @@ import os
 from typing import Iterable, Iterator
 
 from core.services import Services
-from db.models import Batch, Study, User
+from db.models import Batch, Study, StudyStatus, User, utcnow
 from db.session import audit
 from models.dicom import DicomMeta, deidentify, is_dicom
 from models.limits import ImageDecodeError
@@ -29,7 +29,7 @@ def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], use
     def items() -> Iterator[Item]:
         nonlocal handed_over
         for name, data in uploads:
-            for item in expand(name, data):
+            for item in expand(name, data, services.settings.routing_rules):
                 handed_over += 1
                 yield item
 
@@ -58,7 +58,8 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
         except ImageDecodeError as exc:  # never stored as received when it cannot be de-identified
             rejected.append({"filename": item.name, "error": str(exc)})
             continue
-        accepted.append((item.name, item.meta, key, digest))  # the bytes are in storage now: not kept here
+        # The bytes are in storage now: not kept here.
+        accepted.append((item.name, item.meta, key, digest, item.not_applicable))
     if not accepted:
         return None, rejected
     with services.sessions.begin() as session:
@@ -76,13 +77,14 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     for start in range(0, len(accepted), INSERT_CHUNK):
         chunk = accepted[start:start + INSERT_CHUNK]
         with services.sessions.begin() as session:
-            studies = [_study(batch.id, name, meta, key, digest) for name, meta, key, digest in chunk]
+            studies = [_study(batch.id, *entry) for entry in chunk]
             session.add_all(studies)
             session.flush()
             results = attach(session, batch, studies)  # each image joins its radiology study
-            held = link_duplicates(session, studies)  # same content as an earlier study: no second inference
+            screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
+            held = link_duplicates(session, screened)  # same content as an earlier study: no second inference
             refresh_many(session, results)
-            study_ids = [study.id for study in studies if study.id not in held]
+            study_ids = [study.id for study in screened if study.id not in held]
         services.enqueue(study_ids)
     return batch, rejected
 
@@ -103,8 +105,11 @@ def store_original(services: Services, item: Item) -> tuple[str, str]:
     return key, digest
 
 
-def _study(batch_id: int, name: str, meta: DicomMeta | None, key: str, digest: str) -> Study:
+def _study(batch_id: int, name: str, meta: DicomMeta | None, key: str, digest: str,
+           not_applicable: str | None = None) -> Study:
     study = Study(batch_id=batch_id, filename=name[:512], storage_key=key, content_sha256=digest)
+    if not_applicable is not None:  # accepted and ignored (studies/applicability.py): done, never screened
+        study.status, study.finished_at, study.not_applicable = StudyStatus.DONE, utcnow(), not_applicable
     if meta is not None:  # DICOM header facts; never patient name or id
         study.study_instance_uid, study.series_instance_uid = meta.study_instance_uid, meta.series_instance_uid
         study.sop_instance_uid, study.modality = meta.sop_instance_uid, meta.modality

@@ -72,6 +72,9 @@ def _decode(data: bytes) -> Outcome:
         return Outcome(image=decode_film(data))
     except ImageDecodeError as exc:
         return Outcome(error=str(exc))
+    except Exception as exc:  # decoding depends on these bytes alone: a retry cannot help, and the chunk goes on
+        logger.exception("decoding a stored film failed unexpectedly")
+        return Outcome(error=f"cannot decode the film ({type(exc).__name__}): {str(exc)[:200]}")
 
 
 def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Screener, study_ids: list[int],

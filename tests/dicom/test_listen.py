@@ -39,13 +39,14 @@ def test_echo_and_store_a_study_that_completes_after_quiet_time(app, listener, c
     caplog.set_level(logging.DEBUG)
     study = [dataset(chest_pixels(), study_uid="1.2.3.77", view="PA"),
              j2k(dataset(chest_pixels(), study_uid="1.2.3.77", view="LL"))]
-    colour = dataset(chest_pixels(), photometric="RGB")
+    tiny = dataset(chest_pixels(16, 16))  # refused at the door with a reason (tests/dicom/test_applicability.py)
     assoc = _modality().associate("127.0.0.1", listener.address[1], ae_title="PNEUMOTEST")
     assert assoc.is_established
     try:
         assert assoc.send_c_echo().Status == 0x0000
         assert [assoc.send_c_store(ds).Status for ds in study] == [0x0000, 0x0000]
-        assert assoc.send_c_store(colour).Status == 0xA900
+        refused = assoc.send_c_store(tiny)
+        assert refused.Status == 0xC000 and "too small" in refused.ErrorComment
     finally:
         assoc.release()
     sessions = services_of(app).sessions
