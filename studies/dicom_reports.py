@@ -14,6 +14,7 @@ left empty (type 2): the service does not keep them.
 """
 import io
 import logging
+from datetime import timedelta, timezone
 
 import highdicom as hd
 import numpy as np
@@ -32,6 +33,8 @@ from studies.reviews import explain_flag
 logger = logging.getLogger(__name__)
 
 MANUFACTURER = "pneumoscreen"
+# Read from the film's stored file: the study rows do not keep them.
+HEADER_KEYWORDS = ("StudyTime", "PatientOrientation", "TimezoneOffsetFromUTC")
 DISCLAIMER = "AI screening \u2014 not a diagnosis"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SC_SIDE = 1024  # the film is scaled to this longest side so the burnt-in text stays legible
@@ -62,13 +65,14 @@ def series_uid(result: StudyResult, kind: str) -> str:
 def structured_report(session: Session, storage: Storage, result: StudyResult) -> Dataset:
     """The result as a Comprehensive SR in the original study, referencing the study's images."""
     images = _referenced(result)
+    header = _original_header(storage, images[0])
     deciding = session.get(Study, result.decided_by_image_id) if result.decided_by_image_id else None
     reviewer = session.get(User, result.reviewer_id) if result.reviewer_id and result.review_decision else None
     department = session.get(Department, result.department_id) if result.department_id else None
     complete = result.status in COMPLETE
     verified = complete and reviewer is not None
     sr = hd.sr.ComprehensiveSR(
-        evidence=[_evidence(result, image, storage) for image in images],
+        evidence=[_evidence(result, image, header) for image in images],
         content=_content(result, deciding, reviewer),
         series_instance_uid=series_uid(result, "sr"), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=instance_uid(result, "sr"), instance_number=result.version,
@@ -77,7 +81,7 @@ def structured_report(session: Session, storage: Storage, result: StudyResult) -
         verifying_organization=(department.name if department else MANUFACTURER) if verified else None,
         previous_versions=_previous_srs(session, result), specific_character_set="ISO_IR 192")
     sr.SeriesDescription = "pneumoscreen AI screening report"
-    _equipment_and_times(sr, result, deciding)
+    _equipment_and_times(sr, result, deciding, header)
     return sr
 
 
@@ -91,9 +95,8 @@ def _referenced(result: StudyResult) -> list[Study]:
     return images
 
 
-def _evidence(result: StudyResult, image: Study, storage: Storage) -> Dataset:
+def _evidence(result: StudyResult, image: Study, header: dict) -> Dataset:
     """What highdicom copies the patient and study modules from: our rows, never the stored patient identity."""
-    header = _original_header(storage, image)
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = image.sop_class_uid, image.sop_instance_uid
     ds.StudyInstanceUID = result.study_instance_uid
@@ -110,12 +113,11 @@ def _evidence(result: StudyResult, image: Study, storage: Storage) -> Dataset:
 
 
 def _original_header(storage: Storage, image: Study) -> dict:
-    """StudyTime and PatientOrientation from the stored file (the rows do not keep them); empty when unreadable."""
+    """HEADER_KEYWORDS from the stored file (the rows do not keep them); empty when it cannot be read."""
     try:
         ds = pydicom.dcmread(storage.path(image.storage_key), stop_before_pixels=True, force=True,
-                             specific_tags=["StudyTime", "PatientOrientation"])
-        return {keyword: ds[keyword].value for keyword in ("StudyTime", "PatientOrientation")
-                if keyword in ds and ds[keyword].value}
+                             specific_tags=list(HEADER_KEYWORDS))
+        return {keyword: ds[keyword].value for keyword in HEADER_KEYWORDS if keyword in ds and ds[keyword].value}
     except Exception:  # noqa: BLE001 - a header we cannot read leaves these type 2 attributes empty
         logger.info("image %s: no study time or orientation from its stored file", image.id)
         return {}
@@ -211,13 +213,23 @@ def _previous_srs(session: Session, result: StudyResult) -> list[Dataset] | None
     return [previous]
 
 
-def _equipment_and_times(ds: Dataset, result: StudyResult, deciding: Study | None) -> None:
-    """Software versions, and every date and time from the result (not the clock): a retry is the same bytes."""
+def _equipment_and_times(ds: Dataset, result: StudyResult, deciding: Study | None, header: dict) -> None:
+    """Software versions, and every date and time from the result (not the clock): a retry is the same bytes.
+
+    Times are in the film's zone when its header names one (TimezoneOffsetFromUTC covers the copied StudyTime
+    too), else in the site's local time, which is how DICOM reads a time without an offset.
+    """
     prediction = deciding.prediction if deciding is not None else None
     ds.SoftwareVersions = [MANUFACTURER] + ([prediction.model_version[:64]] if prediction is not None else [])
     if prediction is not None:
         ds.ManufacturerModelName = prediction.model_name[:64]
-    moment = as_utc(result.updated_at)
+    offset = str(header.get("TimezoneOffsetFromUTC", ""))
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        minutes = (int(offset[1:3]) * 60 + int(offset[3:])) * (1 if offset[0] == "+" else -1)
+        moment = as_utc(result.updated_at).astimezone(timezone(timedelta(minutes=minutes)))
+        ds.TimezoneOffsetFromUTC = offset
+    else:
+        moment = as_utc(result.updated_at).astimezone()
     for date_key, time_key in (("ContentDate", "ContentTime"), ("InstanceCreationDate", "InstanceCreationTime"),
                                ("DateOfSecondaryCapture", "TimeOfSecondaryCapture")):
         if date_key in ds:
@@ -227,7 +239,6 @@ def _equipment_and_times(ds: Dataset, result: StudyResult, deciding: Study | Non
         observer.VerificationDateTime = moment.strftime("%Y%m%d%H%M%S")
     for equipment in ds.get("ContributingEquipmentSequence", []):  # highdicom names itself, with the clock
         equipment.ContributionDateTime = moment.strftime("%Y%m%d%H%M%S")
-    ds.TimezoneOffsetFromUTC = "+0000"
 
 
 def secondary_capture(session: Session, storage: Storage, result: StudyResult) -> Dataset | None:
@@ -237,9 +248,10 @@ def secondary_capture(session: Session, storage: Storage, result: StudyResult) -
     deciding = session.get(Study, result.decided_by_image_id)
     if deciding is None:
         return None
-    images = _referenced(result)
-    reference = _evidence(result, deciding if deciding in images else images[0], storage)
-    orientation = _original_header(storage, deciding).get("PatientOrientation")
+    _referenced(result)  # a DICOM study, or ValueError
+    header = _original_header(storage, deciding)
+    reference = _evidence(result, deciding, header)
+    orientation = header.get("PatientOrientation")
     sc = hd.sc.SCImage(
         pixel_array=render(storage, deciding, result), photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", study_instance_uid=result.study_instance_uid,
@@ -264,7 +276,7 @@ def secondary_capture(session: Session, storage: Storage, result: StudyResult) -
         source.ReferencedSOPClassUID = deciding.sop_class_uid
         source.ReferencedSOPInstanceUID = deciding.sop_instance_uid
         sc.SourceImageSequence = [source]
-    _equipment_and_times(sc, result, deciding)
+    _equipment_and_times(sc, result, deciding, header)
     return sc
 
 

@@ -26,9 +26,10 @@ class HeatStub(StubScreener):
 
 
 def reported_result(services: Services, film: str = "RG1_J2KI.dcm", scope: str = "in_scope",
-                    status: str = "preliminary", version: int = 1) -> int:
-    """Hand a real film from ../shared/data/dicom over, screen it, and record its study result; returns its id."""
-    data = (data_dir("dicom") / film).read_bytes()
+                    status: str = "preliminary", version: int = 1, data: bytes | None = None) -> int:
+    """Hand a real film from ../shared/data/dicom over (or `data`, named `film`), screen it, and record its study
+    result; returns its id."""
+    data = (data_dir("dicom") / film).read_bytes() if data is None else data
     with services.sessions.begin() as session:
         uploader = create_user(session, f"uploader-{film}", "uploader", None)
         uploader_id = uploader.id

@@ -1,5 +1,6 @@
 """DICOM SR and Secondary Capture of a study result made from a real film; both databases."""
 import io
+from datetime import UTC, timedelta, timezone
 
 import highdicom as hd
 import pydicom
@@ -11,6 +12,8 @@ from db.accounts import create_user
 from db.models import OutboundMessage, OutboundState, Study, StudyResult
 from studies import dicom_reports
 from studies.dicom_reports import secondary_capture, structured_report, to_bytes
+from tests.dicom.factory import chest_pixels, dataset
+from tests.dicom.factory import to_bytes as film_bytes
 from tests.studies.reported import reported_result
 
 PNEUMONIA, NORMAL = "233604007", "17621005"
@@ -79,7 +82,8 @@ def test_sr_and_sc_of_a_real_film_carry_the_call_in_the_original_study(services)
     assert sc.SeriesInstanceUID not in (sr.SeriesInstanceUID, image.series_instance_uid)
     assert (sc.AccessionNumber, sc.StudyDate, sc.StudyTime, sc.PatientSex) == ("exam Number", "20040826", "185059", "F")
     assert (sc.BurnedInAnnotation, sc.PhotometricInterpretation, sc.BitsAllocated) == ("YES", "RGB", 8)
-    assert list(sc.PatientOrientation) == ["L", "F"]  # copied from the film's header, never guessed
+    assert list(sc.PatientOrientation) == ["L", "F"]  # copied from the film's header
+    assert sr.TimezoneOffsetFromUTC == sc.TimezoneOffsetFromUTC == "-0400"  # the film's zone covers StudyTime
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == image.sop_instance_uid
     assert "not a diagnosis" in sc.ImageComments
     pixels = sc.pixel_array
@@ -97,12 +101,30 @@ def test_out_of_scope_result_has_no_pneumonia_code_and_no_capture(services):
         result = session.get(StudyResult, result_id)
         sr = round_trip(structured_report(session, services.storage, result))
         assert secondary_capture(session, services.storage, result) is None  # no deciding image
+        local = result.updated_at.replace(tzinfo=result.updated_at.tzinfo or UTC).astimezone()
     codes = {item.ConceptCodeSequence[0].CodeValue for item in content_items(sr) if "ConceptCodeSequence" in item}
     assert PNEUMONIA not in codes and NORMAL not in codes
     [finding] = named(sr, "121071")
     assert finding.ValueType == "TEXT" and "out of scope" in finding.TextValue
     assert not named(sr, "122157")  # no probability without a call
     assert sr.AccessionNumber == "FUJI95714" and sr.StudyTime == "" and sr.StudyDate == ""
+    # The film names no zone: the site's local time, which is how DICOM reads a time without an offset.
+    assert "TimezoneOffsetFromUTC" not in sr and sr.ContentTime == local.strftime("%H%M%S")
+
+
+def test_times_are_in_the_films_zone_when_it_names_one(services):
+    film = dataset(chest_pixels(), StudyDate="20261103", StudyTime="081733", TimezoneOffsetFromUTC="+0530")
+    result_id = reported_result(services, film="zoned.dcm", data=film_bytes(film))
+    with services.sessions() as session:
+        result = session.get(StudyResult, result_id)
+        sr = round_trip(structured_report(session, services.storage, result))
+        sc = round_trip(secondary_capture(session, services.storage, result))
+        updated = result.updated_at.replace(tzinfo=result.updated_at.tzinfo or UTC)
+    local = updated.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    for ds in (sr, sc):
+        assert (ds.TimezoneOffsetFromUTC, ds.StudyDate, ds.StudyTime) == ("+0530", "20261103", "081733")
+        assert (ds.ContentDate, ds.ContentTime) == (local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
+    assert list(sc.PatientOrientation) == [] and "PatientOrientation" in sc  # unknown: empty, never guessed
 
 
 def test_uids_are_deterministic_and_a_new_version_is_a_new_verified_instance(services):
