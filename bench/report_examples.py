@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image
+from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,7 +54,7 @@ def main() -> None:
         if batch is None:
             sys.exit(f"{args.film} was refused: {rejected}")
         with services.sessions() as session:
-            image_id = session.query(Study.id).filter(Study.batch_id == batch.id).scalar()
+            image_id = session.scalar(select(Study.id).where(Study.batch_id == batch.id))
         screener = pipeline.load_screener(settings.weights_dir)
         pipeline.run_batch(services.sessions, services.storage, screener, [image_id])
         with services.sessions.begin() as session:

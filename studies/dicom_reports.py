@@ -128,12 +128,14 @@ def _first(result: StudyResult, column: str) -> str | None:
 
 
 def _content(result: StudyResult, deciding: Study | None, reviewer: User | None) -> hd.sr.ContainerContentItem:
-    root = hd.sr.ContainerContentItem(codes.LN.DiagnosticImagingReport, template_id="2000")
+    # Laid out like TID 2000 but not claiming it (no ContentTemplateSequence): private codes are in the tree.
+    root = hd.sr.ContainerContentItem(codes.LN.DiagnosticImagingReport)
+    model = deciding.prediction.model_name if deciding is not None and deciding.prediction else MANUFACTURER
     root.ContentSequence = [
         *hd.sr.LanguageOfContentItemAndDescendants(hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")),
         *hd.sr.ObserverContext(codes.DCM.Device, hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=[MANUFACTURER, result.model_version or ""]), name=MANUFACTURER,
-            manufacturer_name=MANUFACTURER, model_name=(result.model_version or "unknown")[:64])),
+            uid=generate_uid(entropy_srcs=[MANUFACTURER, model, result.model_version or ""]), name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER, model_name=model[:64])),
         _findings(result, deciding), _impressions(result, reviewer)]
     return root
 
