@@ -8,10 +8,11 @@ from sqlalchemy import select
 
 from core.services import services_of
 from db.accounts import create_user, ensure_department, issue_token
-from db.models import FlagStatus, ReviewFlag, Study, StudyResult, User
+from db.models import Department, FlagStatus, ReviewFlag, Study, StudyResult, User
 from studies.files import expand
 from studies.fhir import diagnostic_report
 from studies.intake import submit_batch
+from studies.outbound import set_config
 from studies.reviews import record_decision
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.helpers import StubScreener, bearer
@@ -160,6 +161,9 @@ def test_a_resent_decided_study_keeps_its_decision_and_opens_no_flag(app):
 def test_departments_never_share_a_study_and_the_api_finds_each_its_own(app):
     services = services_of(app)
     north, south = _department_user(services, "North"), _department_user(services, "South")
+    with services.sessions.begin() as session:  # North's results go to its RIS's FHIR server
+        set_config(session, session.scalar(select(Department).where(Department.name == "North")),
+                   {"fhir": {"url": "https://fhir.north.example/fhir"}}, None, "test")
     [n_image] = _send(services, north, {"n.dcm": _film("PA", AccessionNumber="N1")})
     [s_image] = _send(services, south, {"s.dcm": _film("PA", AccessionNumber="S1")})
     n_result, s_result = _result(services, n_image), _result(services, s_image)
@@ -175,6 +179,7 @@ def test_departments_never_share_a_study_and_the_api_finds_each_its_own(app):
     assert client.get(f"/api/v1/results/{s_result.id}/fhir", headers=bearer(token[north])).status_code == 404
     own = client.get(f"/api/v1/results/{n_result.id}", headers=bearer(token[north])).get_json()
     assert own["call"] == "NORMAL" and own["images"][0]["id"] == n_image and own["updated_at"].endswith("+00:00")
+    assert [(m["kind"], m["version"], m["state"]) for m in own["outbound"]] == [("fhir", own["version"], "pending")]
     assert client.get("/api/v1/results?study_instance_uid=1.2.x", headers=bearer(token[north])).status_code == 400
     assert client.get("/api/v1/results?accession_number=" + "9" * 17,
                       headers=bearer(token[north])).status_code == 400
@@ -183,3 +188,16 @@ def test_departments_never_share_a_study_and_the_api_finds_each_its_own(app):
     assert batches["items"][0]["created_at"].endswith("+00:00")
     fhir = client.get(f"/api/v1/studies/{n_image}/fhir", headers=bearer(token[north]))
     assert fhir.mimetype == "application/fhir+json" and fhir.get_json()["id"] == f"study-result-{n_result.id}"
+
+
+def test_the_study_page_shows_the_report_and_where_it_was_sent(app):
+    services = services_of(app)
+    user = _department_user(services, "North")
+    with services.sessions.begin() as session:
+        set_config(session, session.scalar(select(Department).where(Department.name == "North")),
+                   {"hl7": {"host": "ris.north.example", "port": 2575}}, None, "test")
+        token = issue_token(session, create_user(session, "reader", "reviewer", None), "test")
+    [image] = _send(services, user, {"a.dcm": _film("PA", AccessionNumber="ACC-7")}, StubScreener())  # flagged
+    page = app.test_client().get(f"/review/{image}", headers=bearer(token)).get_data(as_text=True)
+    assert "ACC-7" in page and "preliminary, version 2" in page
+    assert "<td>HL7</td><td>2</td><td>ris.north.example:2575</td><td class=\"state-pending\">pending</td>" in page
