@@ -127,7 +127,7 @@ def parse_query(level: str, args) -> Query:
     for name in args:
         values = args.getlist(name)
         if name in ("limit", "offset"):
-            if not values[-1].isdigit() or len(values[-1]) > 9 or (name == "limit" and int(values[-1]) == 0):
+            if not re.fullmatch(r"[0-9]{1,9}", values[-1]) or (name == "limit" and int(values[-1]) == 0):
                 raise ValueError(f"{name} must be a whole number{' above 0' if name == 'limit' else ''}")
             setattr(query, name, int(values[-1]))
         elif name == "includefield":
@@ -140,10 +140,12 @@ def parse_query(level: str, args) -> Query:
             ignored.append(name)
         else:
             key = _keyword(name)
+            if not any(value.strip("*") for value in values):
+                continue  # universal matching: * or empty matches everything
             if key in MATCHED[level]:
                 query.matches[key] = _values(key, values)
             elif key in EMPTY:
-                query.nothing = query.nothing or any(value.strip("*") for value in values)
+                query.nothing = True
             else:
                 ignored.append(name)
     if ignored:
@@ -395,7 +397,8 @@ def _part10(data: bytes) -> tuple[bytes, str]:
     if data[:2] == b"\x02\x00":  # file meta without the preamble
         return b"\0" * 128 + b"DICM" + data, syntax
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.MediaStorageSOPClassUID = str(ds.get("SOPClassUID", "") or "")
+    meta.MediaStorageSOPInstanceUID = str(ds.get("SOPInstanceUID", "") or "")
     meta.TransferSyntaxUID = syntax
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False

@@ -155,6 +155,7 @@ def test_search_matching_paging_and_fields(app, users):
         assert found(StudyDate="-20231231") == {c} and found(StudyDate="20240210") == {b}
         assert found(ModalitiesInStudy="DX") == {a, b} and found(ModalitiesInStudy="MR") == set()
         assert found(PatientName="SMITH^JOHN") == set() and found(PatientName="*") == {a, b, c}
+        assert found(ModalitiesInStudy="*") == {a, b, c} and found(AccessionNumber="*") == {a, b, c}
         assert found(**{"00080050": "XYZ"}) == {c}  # a tag works as well as a keyword
 
         [study] = client.search_for_studies(search_filters={"StudyInstanceUID": a}, fields=["PatientAge"])
@@ -232,7 +233,7 @@ def test_hostile_ids_bad_queries_and_auth(app, users):
         response = client.get(path, headers=headers)
         assert response.status_code == 400 and "digits and dots" in response.get_json()["error"], path
     for query in ("StudyInstanceUID=abc", "StudyInstanceUID=1.2,x", "StudyDate=2024", "StudyDate=20241301",
-                  "StudyDate=-", "StudyDate=20240101-20240102,20240105", "limit=0", "limit=x", "offset=-1",
+                  "StudyDate=-", "StudyDate=20240101-20240102,20240105", "limit=0", "limit=x", "offset=-1", "limit=²",
                   "foo=bar", "includefield=nope", "ModalitiesInStudy=<script>", "AccessionNumber=" + "A" * 17):
         response = client.get(f"/dicomweb/studies?{query}", headers=headers)
         assert response.status_code == 400 and response.get_json()["error"], query
