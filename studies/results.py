@@ -1,5 +1,5 @@
 """One result per radiology study: images grouped by StudyInstanceUID within a department, called from their
-frontal radiographs, recomputed (`refresh`) whenever an image finishes or a reviewer decides.
+frontal radiographs, recomputed (`refresh_many`) whenever an image finishes or a reviewer decides.
 
 A `Study` row is one image; a `StudyResult` is the radiology study and the result reported for it. A PNG or
 JPEG image (no UID) is a study of its own. Grouping never crosses departments (UIDs are not secrets), and an
@@ -84,10 +84,23 @@ def _result_for(session: Session, key: str | None, department_id: int | None, im
     return session.scalars(select(StudyResult).where(StudyResult.group_key == key)).one()
 
 
-def refresh_many(session: Session, result_ids: Iterable[int]) -> None:
-    """Refresh each result once, in id order (the same lock order in every transaction)."""
-    for result_id in sorted(set(result_ids)):
-        refresh(session, result_id)
+def refresh_many(session: Session, result_ids: Iterable[int]) -> int:
+    """Recompute study results from their images; on any change raise the version, audit it and queue it for
+    the department's destinations. Returns how many changed. The rows are locked in id order (the same order in
+    every transaction): workers finishing images of one study at once take turns. Two queries for the lot,
+    however many results a worker batch touches."""
+    ids = sorted(set(result_ids))
+    if not ids:
+        return 0
+    results = session.scalars(select(StudyResult).where(StudyResult.id.in_(ids)).order_by(StudyResult.id)
+                              .with_for_update().execution_options(populate_existing=True)).all()
+    images: dict[int, list[Study]] = {result_id: [] for result_id in ids}
+    for image in session.scalars(
+            select(Study).where(Study.study_result_id.in_(ids)).order_by(Study.id)
+            .options(selectinload(Study.prediction), selectinload(Study.flag).selectinload(ReviewFlag.reviews))
+            .execution_options(populate_existing=True)):
+        images[image.study_result_id].append(image)
+    return sum(_refresh(session, result, images[result.id]) for result in results)
 
 
 def refresh_backfilled(session: Session) -> int:
@@ -97,16 +110,7 @@ def refresh_backfilled(session: Session) -> int:
     return len(ids)
 
 
-def refresh(session: Session, result_id: int) -> bool:
-    """Recompute a study result from its images; on any change raise its version, audit it and queue it for
-    the department's destinations. Returns whether it changed. Locks the row: workers finishing images of one
-    study at once take turns."""
-    result = session.scalars(select(StudyResult).where(StudyResult.id == result_id).with_for_update()
-                             .execution_options(populate_existing=True)).one()
-    images = session.scalars(
-        select(Study).where(Study.study_result_id == result_id).order_by(Study.id)
-        .options(selectinload(Study.prediction), selectinload(Study.flag).selectinload(ReviewFlag.reviews))
-        .execution_options(populate_existing=True)).all()
+def _refresh(session: Session, result: StudyResult, images: list[Study]) -> bool:
     _withdraw_lateral_flags(session, images)
     before = _fingerprint(result)
     _compute(result, images, before)
@@ -209,4 +213,4 @@ def _withdraw_lateral_flags(session: Session, images: list[Study]) -> None:
                   why="a frontal film of the same study was read")
             session.delete(flag)
             image.flag = None
-    session.flush()
+            session.flush()

@@ -20,7 +20,7 @@ from pydicom.filewriter import write_file_meta_info
 from sqlalchemy import and_, distinct, func, select, true
 
 from core.services import current_services
-from db.models import Batch, Study
+from db.models import Batch, Study, as_utc
 from models.dicom import decode_dicom, read_dataset
 from models.imaging import to_png
 from models.limits import ImageDecodeError
@@ -104,6 +104,10 @@ def _images(study: str, series: str | None = None, instance: str | None = None) 
     rows = db_session().scalars(_newest_copies(*conditions).order_by(Study.series_instance_uid, Study.id)).all()
     if not rows:
         _fail(404, "no such " + ("instance" if instance else "series" if series else "study"))
+    purged = [row for row in rows if row.original_purged_at is not None]
+    if purged:  # retention (`pneumoscreen purge`): the results stay, the files are gone
+        _fail(410, f"{len(purged)} of {len(rows)} stored originals were purged by the retention policy (first on "
+                   f"{as_utc(purged[0].original_purged_at):%Y-%m-%d}); their results remain in the API and FHIR")
     return rows
 
 
