@@ -327,6 +327,9 @@ class DicomPending(Base):
     __tablename__ = "dicom_pending"
     id: Mapped[int] = mapped_column(primary_key=True)
     calling_ae: Mapped[str] = mapped_column(String(16), index=True)
+    # A soft lock (studies.reviews.claim): the reader who opened it, until when; others are warned and skip it.
+    claimed_by: Mapped[int | None] = mapped_column(Integer)  # users.id; no foreign key: a hint, not a record
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     address: Mapped[str] = mapped_column(String(64))
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str] = mapped_column(String(512))

@@ -21,6 +21,8 @@ REASON_TEXT: dict[FlagReason, str] = {
     FlagReason.LOW_QUALITY: "The lung region has unusually low contrast or burnt-out areas.",
     FlagReason.QA_SAMPLE: "Quality check: an unflagged NORMAL call drawn at random, so the department learns how "
                           "often such calls are missed pneumonia. Read it like any other film.",
+    FlagReason.READER_REQUEST: "A reader recorded a decision on this call although nobody flagged it.",
+    FlagReason.THIRD_READ: "Two readers disagreed on this film: a third reader's decision settles it.",
 }
 CROP_STD, SATURATED = STATS.index("crop_std"), STATS.index("saturated")
 

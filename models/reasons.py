@@ -12,3 +12,7 @@ class FlagReason(enum.StrEnum):
     LOW_QUALITY = "low_quality"
     # Not the model's: an unflagged NORMAL call drawn at random so the service measures its own misses.
     QA_SAMPLE = "qa_sample"
+    # Not the model's either: a reader asked to record a decision on a call nobody flagged (closed at once).
+    READER_REQUEST = "reader_request"
+    # Two readers disagreed: a third reader decides (studies.reviews.record_decision).
+    THIRD_READ = "third_read"

@@ -9,14 +9,16 @@ from sqlalchemy import func, select
 from core.services import current_services
 from db.models import Batch, StudyResult, StudyStatus, as_utc
 from studies.intake import submit_uploads
-from studies.reviews import record_decision
+from studies.reviews import Conflict, record_decision
 from web.auth import by_bearer_token, roles_required
 from web.context import csrf, db_session
 from web.queries import (
+    LANES,
     MAX_PAGE_SIZE,
     PAGE_SIZE,
     batch_json,
     batch_progress,
+    queue_counts,
     result_json,
     review_queue,
     visible_batch,
@@ -115,14 +117,20 @@ def get_batch(batch_id: int):
 @bp.get("/review")
 @roles_required("reviewer", "admin")
 def get_review_queue():
-    """The open review queue, riskiest first: ?page=N&per_page=M (at most 200 a page)."""
+    """The open review queue lane by lane, riskiest first: ?lane=third|missed|confirm|scope|qa, ?page=N&per_page=M
+    (at most 200 a page); `version` is what a decision sends back as expected_version."""
+    lane = request.args.get("lane")
+    if lane is not None and lane not in LANES:
+        return _error(f"lane must be one of {', '.join(LANES)}", 400)
     page = review_queue(db_session(), page=request.args.get("page", 1, type=int),
-                        per_page=request.args.get("per_page", PAGE_SIZE, type=int))
+                        per_page=request.args.get("per_page", PAGE_SIZE, type=int), lane=lane)
     return jsonify(items=[
         {"study_id": study.id, "batch_id": study.batch_id, "filename": study.filename,
          "probability": round(prediction.probability, 4), "prediction": prediction.prediction,
-         "flag_reasons": flag.reasons, "flagged_at": as_utc(flag.created_at).isoformat()}
-        for flag, study, prediction in page.rows], page=page.page, pages=page.pages, total=page.total)
+         "threshold": prediction.threshold, "flag_reasons": flag.reasons, "version": len(flag.reviews),
+         "flagged_at": as_utc(flag.created_at).isoformat()}
+        for flag, study, prediction in page.rows], page=page.page, pages=page.pages, total=page.total,
+        counts=queue_counts(db_session()))
 
 
 @bp.post("/studies/<int:study_id>/review")
@@ -132,13 +140,23 @@ def post_review(study_id: int):
     if study is None:
         return _error("no such study", 404)
     body = request.get_json(silent=True) or {}
+    expected = body.get("expected_version")  # optional: the queue item's version; a stale one is refused (409)
+    if expected is not None and (type(expected) is not int or expected < 0):
+        return _error("expected_version must be a whole number (the review queue item's version)", 400)
     try:
         review = record_decision(db_session(), study, current_user.id, str(body.get("decision", "")),
-                                 str(body.get("note", "")))
+                                 str(body.get("note", "")), expected_version=expected)
+    except Conflict as exc:
+        latest = exc.latest
+        return jsonify(error=str(exc), version=len(study.flag.reviews), latest=latest and {
+            "decision": latest.decision, "reviewer": latest.reviewer.username, "note": latest.note,
+            "at": as_utc(latest.created_at).isoformat()}), 409
     except LookupError as exc:
         return _error(str(exc), 409)
     except ValueError as exc:
         return _error(str(exc), 400)
     db_session().commit()
     return jsonify(study_id=study.id, decision=review.decision, note=review.note,
-                   reviewer=current_user.username, at=as_utc(review.created_at).isoformat()), 201
+                   reviewer=current_user.username, at=as_utc(review.created_at).isoformat(),
+                   review_status=study.flag.status, flag_reasons=study.flag.reasons,
+                   version=len(study.flag.reviews)), 201

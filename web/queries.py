@@ -3,7 +3,7 @@ import logging
 from dataclasses import dataclass
 
 from flask_login import current_user
-from sqlalchemy import exists, func, or_, select, true
+from sqlalchemy import String, case, cast, exists, func, or_, select, true
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import (
@@ -12,12 +12,14 @@ from db.models import (
     FlagStatus,
     OutboundMessage,
     Prediction,
+    Review,
     ReviewFlag,
     Study,
     StudyResult,
     StudyStatus,
     as_utc,
 )
+from models.reasons import FlagReason
 
 logger = logging.getLogger(__name__)
 
@@ -153,21 +155,81 @@ class QueuePage:
     total: int
 
 
-def review_queue(session: Session, status: str = FlagStatus.OPEN, page: int = 1,
-                 per_page: int = PAGE_SIZE) -> QueuePage:
-    """Flags with their study and prediction, the riskiest (highest probability) first, a page at a time.
+# The queue's lanes, in the order a reader should empty them (web/review.py shows one at a time):
+LANES = {
+    "third": "Third reads",  # two readers disagreed
+    "missed": "Possible missed pneumonia",  # NORMAL calls, the closest below the threshold first
+    "confirm": "Pneumonia calls to confirm",  # flagged PNEUMONIA calls, the closest above the threshold first
+    "scope": "Out of scope or poor quality",
+    "qa": "Quality samples",  # unflagged NORMAL calls drawn at random
+}
+SCOPE_REASONS = (FlagReason.OUT_OF_SCOPE, FlagReason.LOW_QUALITY, FlagReason.LUNG_CROP_FAILED)
 
-    A copy of an earlier upload (same content, same department) is not queued again: the first copy's flag
-    stands for it, and a decision on it closes the copies' flags too (studies.reviews.record_decision).
-    """
+
+def flag_has(reason: str):
+    """A filter on ReviewFlag: its reasons hold `reason`."""
+    # Reasons are a JSON list ('["near_threshold", "uncertain"]'): its text holds each reason in quotes.
+    return cast(ReviewFlag.reasons, String).like(f'%"{reason}"%')
+
+
+LANE = case((flag_has(FlagReason.THIRD_READ), "third"),
+            (or_(*(flag_has(reason) for reason in SCOPE_REASONS)), "scope"),
+            (flag_has(FlagReason.QA_SAMPLE), "qa"), (Prediction.prediction == "NORMAL", "missed"), else_="confirm")
+_LANE_ORDER = case(*((LANE == lane, index) for index, lane in enumerate(LANES)), else_=len(LANES))
+# Within a lane: the risk that the call is wrong, i.e. how close the probability is to the threshold.
+_RISK = case((LANE == "missed", Prediction.threshold - Prediction.probability),
+             (LANE == "confirm", Prediction.probability - Prediction.threshold), else_=0.0)
+
+
+def _queued(status: str):
+    """A flag per film: a copy of an earlier upload (same content, same department) is not queued again: the
+    first copy's flag stands for it, and a decision on it closes the copies' flags too."""
+    return (select(ReviewFlag, Study, Prediction)
+            .join(Study, ReviewFlag.study_id == Study.id)
+            .join(Prediction, Prediction.study_id == Study.id)
+            .where(ReviewFlag.status == status, Study.duplicate_of_id.is_(None)))
+
+
+def review_queue(session: Session, status: str = FlagStatus.OPEN, page: int = 1,
+                 per_page: int = PAGE_SIZE, lane: str | None = None) -> QueuePage:
+    """Open flags lane by lane (LANES), the riskiest first within a lane, a page at a time; `lane` keeps one.
+    Closed flags: the latest decision first."""
     per_page = max(1, min(per_page, MAX_PAGE_SIZE))
-    queued = (select(ReviewFlag, Study, Prediction)
-              .join(Study, ReviewFlag.study_id == Study.id)
-              .join(Prediction, Prediction.study_id == Study.id)
-              .where(ReviewFlag.status == status, Study.duplicate_of_id.is_(None)))
+    queued = _queued(status)
+    if lane is not None:
+        queued = queued.where(LANE == lane)
     total = session.scalar(select(func.count()).select_from(queued.subquery()))
     pages = max(1, -(-total // per_page))
     page = max(1, min(page, pages))
-    rows = session.execute(queued.order_by(Prediction.probability.desc(), Study.id)
+    if status == FlagStatus.OPEN:
+        order = (_LANE_ORDER, _RISK, ReviewFlag.id)
+    else:
+        latest = select(func.max(Review.id)).where(Review.flag_id == ReviewFlag.id).scalar_subquery()
+        order = (latest.desc(), ReviewFlag.id.desc())
+    rows = session.execute(queued.order_by(*order).options(selectinload(ReviewFlag.reviews))
                            .offset((page - 1) * per_page).limit(per_page)).all()
     return QueuePage(list(rows), page, pages, total)
+
+
+def queue_counts(session: Session) -> dict[str, int]:
+    """Open flags per lane (every lane named, zero when empty)."""
+    counts = dict(session.execute(select(LANE, func.count()).select_from(ReviewFlag)
+                                  .join(Study, ReviewFlag.study_id == Study.id)
+                                  .join(Prediction, Prediction.study_id == Study.id)
+                                  .where(ReviewFlag.status == FlagStatus.OPEN, Study.duplicate_of_id.is_(None))
+                                  .group_by(LANE)).all())
+    return {lane: counts.get(lane, 0) for lane in LANES}
+
+
+def lane_order(session: Session, lane: str | None, limit: int = 5000) -> list[tuple[int, int | None, object]]:
+    """(study id, claimed by, claimed until) of the open flags in queue order: next/previous and "next case"."""
+    query = _queued(FlagStatus.OPEN).with_only_columns(Study.id, ReviewFlag.claimed_by, ReviewFlag.claimed_until)
+    if lane is not None:
+        query = query.where(LANE == lane)
+    return [tuple(row) for row in session.execute(query.order_by(_LANE_ORDER, _RISK, ReviewFlag.id).limit(limit))]
+
+
+def copies_of(session: Session, study_ids: list[int]) -> dict[int, int]:
+    """How many later copies of each film (same content, same department) there are."""
+    return dict(session.execute(select(Study.duplicate_of_id, func.count()).where(
+        Study.duplicate_of_id.in_(study_ids)).group_by(Study.duplicate_of_id)).all()) if study_ids else {}

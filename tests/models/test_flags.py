@@ -53,11 +53,11 @@ def test_flag_reasons_are_the_one_set_of_reason_strings():
     from models.reasons import FlagReason
 
     assert [str(r) for r in FlagReason] == ["out_of_scope", "near_threshold", "uncertain", "lung_crop_failed",
-                                            "low_quality", "qa_sample"]
+                                            "low_quality", "qa_sample", "reader_request", "third_read"]
     assert set(REASON_TEXT) == set(FlagReason) and all(REASON_TEXT.values())
     assert CROP_FAILED is FlagReason.LUNG_CROP_FAILED
     # Every reason flag_reasons gives is a FlagReason, written as its plain value.
     all_reasons = reasons(prob=0.03, mc_high=0.2, crop_failed=True, contrast=0.01, scope=2.0)
-    # All but qa_sample, which the service draws (studies.qa), not the model.
-    assert all_reasons == list(FlagReason)[:-1] and all(isinstance(r, FlagReason) for r in all_reasons)
+    # All but qa_sample, reader_request and third_read, which the service sets (studies.qa, studies.reviews).
+    assert all_reasons == list(FlagReason)[:-3] and all(isinstance(r, FlagReason) for r in all_reasons)
     assert ",".join(all_reasons) == "out_of_scope,near_threshold,uncertain,lung_crop_failed,low_quality"

@@ -76,6 +76,10 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_outbound_messages_next_attempt_at'), ['next_attempt_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbound_messages_state'), ['state'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbound_messages_study_result_id'), ['study_result_id'], unique=False)
+    # A reader's soft claim on a review flag (studies.reviews.claim); no foreign key: a hint, not a record.
+    with op.batch_alter_table('review_flags', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('claimed_by', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('claimed_until', sa.DateTime(timezone=True), nullable=True))
 
     with op.batch_alter_table('departments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('outbound', sa.JSON(), nullable=True))
@@ -170,3 +174,6 @@ def downgrade() -> None:
 
     op.drop_table('study_results')
     op.drop_table('metric_counters')
+    with op.batch_alter_table('review_flags', schema=None) as batch_op:
+        batch_op.drop_column('claimed_until')
+        batch_op.drop_column('claimed_by')
