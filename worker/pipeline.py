@@ -3,14 +3,16 @@ import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.storage import Storage
-from db.models import FINISHED, UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, utcnow
+from db.models import (
+    FINISHED, UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, Worker, as_utc, heartbeat_cutoff, utcnow)
 from db.session import audit
 from models.heatmap import heatmap_png
 from models.imaging import ImageDecodeError, to_png
@@ -78,31 +80,46 @@ def _decode(data: bytes) -> Outcome:
 
 
 def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Screener, study_ids: list[int],
-              qa_share: float = 0.0) -> dict:
+              qa_share: float = 0.0, fill_to: int = 0, heartbeat_s: int = 5) -> dict:
     """Screen the given studies and store the results; safe to run twice on the same ids.
 
     `qa_share` of the unflagged NORMAL calls become quality-check samples (a department's own share wins).
+    `fill_to` > len(study_ids): other queued studies, oldest first, join the batch until it holds that many, so
+    films from many small uploads and the DICOM listener go through the models together (dynamic batching);
+    their own queue messages find them finished and skip them. `heartbeat_s`: the workers' heartbeat interval.
     """
-    claimed = _claim(sessions, study_ids, qa_share)
-    blobs, missing = [], {}
-    for claim in claimed:
-        try:
-            blobs.append(storage.get(claim.storage_key))
-        except FileNotFoundError:
-            missing[claim.study_id] = "stored file is missing"
-            blobs.append(b"")
-    outcomes = screen_files(screener, blobs, [claim.point for claim in claimed]) if claimed else []
-    for study_id, outcome in zip((claim.study_id for claim in claimed), outcomes):
-        if outcome.finding is not None:
-            storage.put_derived(study_id, "thumb", to_png(outcome.image, THUMB_SIDE))
-            storage.put_derived(study_id, "view", to_png(outcome.image))
-            storage.put_derived(study_id, "crop", to_png(outcome.finding.crop, CROP_SIDE))
-            if outcome.finding.heatmap is not None:  # the workstation overlays it on the film view
-                storage.put_derived(study_id, "heatmap", heatmap_png(
-                    outcome.finding.heatmap, outcome.finding.crop_box, outcome.image.shape))
-        elif study_id in missing:
-            outcome.error = missing[study_id]
+    claimed = _claim(sessions, study_ids, qa_share, fill_to, heartbeat_s)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        blobs = list(pool.map(functools.partial(_stored, storage), claimed))
+        outcomes = screen_files(screener, [blob for blob, _ in blobs], [claim.point for claim in claimed]) \
+            if claimed else []
+        for (_, missing), outcome in zip(blobs, outcomes):
+            if missing:
+                outcome.error = missing
+        # Pictures for people, encoded on both cores (Pillow and zlib release the GIL).
+        list(pool.map(functools.partial(_pictures, storage), (claim.study_id for claim in claimed), outcomes))
     return _record(sessions, screener, claimed, outcomes)
+
+
+def _stored(storage: Storage, claim: "_Claim") -> tuple[bytes, str | None]:
+    """The stored original, or why there is none."""
+    try:
+        return storage.get(claim.storage_key), None
+    except FileNotFoundError:
+        if claim.purged_at is not None:
+            return b"", f"the original was purged by the retention policy on {as_utc(claim.purged_at):%Y-%m-%d}"
+        return b"", "stored file is missing"
+
+
+def _pictures(storage: Storage, study_id: int, outcome: Outcome) -> None:
+    if outcome.finding is None:
+        return
+    storage.put_derived(study_id, "thumb", to_png(outcome.image, THUMB_SIDE))
+    storage.put_derived(study_id, "view", to_png(outcome.image))
+    storage.put_derived(study_id, "crop", to_png(outcome.finding.crop, CROP_SIDE))
+    if outcome.finding.heatmap is not None:  # the workstation overlays it on the film view
+        storage.put_derived(study_id, "heatmap", heatmap_png(
+            outcome.finding.heatmap, outcome.finding.crop_box, outcome.image.shape))
 
 
 @dataclass(frozen=True)
@@ -114,10 +131,17 @@ class _Claim:
     qa_share: float
     calibration_id: int | None = None
     point: OperatingPoint | None = None
+    purged_at: datetime | None = None  # the retention policy deleted its original
 
 
-def _claim(sessions: sessionmaker[Session], study_ids: list[int], qa_share: float) -> list[_Claim]:
-    """Mark the studies running in one short transaction; studies tried too often end in error."""
+def _claim(sessions: sessionmaker[Session], study_ids: list[int], qa_share: float, fill_to: int,
+           heartbeat_s: int) -> list[_Claim]:
+    """Mark the studies running in one short transaction; studies tried too often end in error.
+
+    A study is claimed when queued, or running for nobody alive: on no worker, on this one (a retried task), or
+    on one whose heartbeat stopped. One running on a live worker (it took it into its batch) is left to it.
+    """
+    me = current_worker_id()  # whose heartbeat vouches for the claim (worker/heartbeat.py)
     with sessions.begin() as session:
         session.execute(
             update(Study)
@@ -125,22 +149,31 @@ def _claim(sessions: sessionmaker[Session], study_ids: list[int], qa_share: floa
                    Study.attempts >= MAX_ATTEMPTS)
             .values(status=StudyStatus.ERROR, finished_at=utcnow(),
                     error=f"gave up after {MAX_ATTEMPTS} attempts (worker crashed on this batch)"))
-        session.execute(
-            update(Study)
-            .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED))
-            .values(status=StudyStatus.RUNNING, started_at=utcnow(), attempts=Study.attempts + 1,
-                    claimed_by=current_worker_id()))  # whose heartbeat vouches for it (worker/heartbeat.py)
+        ids = list(study_ids)
+        if fill_to > len(ids):
+            ids += session.scalars(
+                select(Study.id).where(Study.status == StudyStatus.QUEUED, Study.duplicate_of_id.is_(None),
+                                       Study.attempts < MAX_ATTEMPTS, Study.id.not_in(ids))
+                .order_by(Study.id).limit(fill_to - len(ids)).with_for_update(skip_locked=True)).all()
+        alive = select(Worker.id).where(Worker.heartbeat_at >= heartbeat_cutoff(heartbeat_s), Worker.id != me)
+        claimable = or_(Study.status == StudyStatus.QUEUED,
+                        and_(Study.status == StudyStatus.RUNNING,
+                             or_(Study.claimed_by.is_(None), Study.claimed_by.not_in(alive))))
+        claimed_ids = session.scalars(
+            update(Study).where(Study.id.in_(ids), claimable)
+            .values(status=StudyStatus.RUNNING, started_at=utcnow(), attempts=Study.attempts + 1, claimed_by=me)
+            .returning(Study.id)).all()
         rows = session.execute(
-            select(Study.id, Study.storage_key, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
-            .where(Study.id.in_(study_ids), Study.status == StudyStatus.RUNNING).order_by(Study.id)).all()
+            select(Study.id, Study.storage_key, Study.original_purged_at, Batch.department_id)
+            .join(Batch, Study.batch_id == Batch.id).where(Study.id.in_(claimed_ids)).order_by(Study.id)).all()
         departments = {row.department_id for row in rows}
         calibrations = active_by_department(session, departments)
         shares = shares_by_department(session, departments, qa_share)
     claims = []
     for row in rows:
         calibration, share = calibrations.get(row.department_id), shares[row.department_id]
-        claims.append(_Claim(row.id, row.storage_key, share) if calibration is None else
-                      _Claim(row.id, row.storage_key, share, calibration.id, point_of(calibration)))
+        point = {} if calibration is None else {"calibration_id": calibration.id, "point": point_of(calibration)}
+        claims.append(_Claim(row.id, row.storage_key, share, purged_at=row.original_purged_at, **point))
     return claims
 
 
@@ -150,9 +183,12 @@ def _record(sessions: sessionmaker[Session], screener: Screener, claimed: list[_
     counts = {"done": 0, "error": 0, "skipped": 0}
     study_ids = [claim.study_id for claim in claimed]
     with sessions.begin() as session:
+        # One locking read for the batch, in id order (the order every transaction locks studies in).
+        studies = {study.id: study for study in session.scalars(
+            select(Study).where(Study.id.in_(study_ids)).order_by(Study.id).with_for_update())}
         for claim, outcome in zip(claimed, outcomes):
             study_id = claim.study_id
-            study = session.get(Study, study_id, with_for_update=True)
+            study = studies[study_id]
             if study.status in FINISHED:
                 counts["skipped"] += 1
                 continue
@@ -166,8 +202,7 @@ def _record(sessions: sessionmaker[Session], screener: Screener, claimed: list[_
             counts["done"] += 1
         session.flush()
         # Each radiology study's one result, from all its images read so far (studies/results.py).
-        refresh_many(session, session.scalars(select(Study.study_result_id).where(
-            Study.id.in_(study_ids), Study.study_result_id.is_not(None))).all())
+        refresh_many(session, (study.study_result_id for study in studies.values() if study.study_result_id))
         resolve_duplicates(session, study_ids)  # the same file uploaded again meanwhile
     logger.info("batch of %d studies: %s", len(study_ids), counts)
     return counts

@@ -40,8 +40,10 @@ def screen_studies(self, study_ids: list[int]) -> dict:
     try:
         with counted(self):
             screener = pipeline.load_screener(services.settings.weights_dir)
+            # Queued studies of other uploads fill the batch up to the batch size (dynamic batching).
             return pipeline.run_batch(services.sessions, services.storage, screener, study_ids,
-                                      qa_share=services.settings.qa_share)
+                                      qa_share=services.settings.qa_share, fill_to=services.settings.batch_size,
+                                      heartbeat_s=services.settings.heartbeat_s)
     finally:
         unbind(token)
 

@@ -21,10 +21,10 @@ def fresh_process(monkeypatch):
     monkeypatch.setattr(heartbeat, "_stops", {})
 
 
-def _studies(services, count: int) -> list[int]:
+def _studies(services, count: int, seed: int = 40) -> list[int]:
     with services.sessions() as session:
         user_id = session.scalar(select(User.id).where(User.username == "uploader"))
-    batch, _ = submit_batch(services, [Item(f"{i}.jpeg", chest_film(seed=40 + i)) for i in range(count)],
+    batch, _ = submit_batch(services, [Item(f"{i}.jpeg", chest_film(seed=seed + i)) for i in range(count)],
                             user_id, "api")
     with services.sessions() as session:
         return list(session.scalars(select(Study.id).where(Study.batch_id == batch.id).order_by(Study.id)))
@@ -65,7 +65,7 @@ def test_heartbeat_registers_once_and_claims_carry_the_worker(app, users):
         assert rows[0].name.endswith(f":{os.getpid()}")
 
         ids = _studies(services, 3)
-        claims = pipeline._claim(services.sessions, ids, 0.0)
+        claims = pipeline._claim(services.sessions, ids, 0.0, 0, 5)
         assert [claim.study_id for claim in claims] == ids
         with services.sessions() as session:
             assert set(session.scalars(select(Study.claimed_by).where(Study.id.in_(ids)))) == {worker_id}
@@ -120,3 +120,36 @@ def test_healthz_counts_workers_and_says_when_studies_wait_without_one(app, user
     heartbeat.beat(services.sessions)
     body = client.get("/healthz").get_json()
     assert body["status"] == "ok" and body["workers_alive"] == 1 and "message" not in body
+
+
+def test_a_claim_leaves_studies_a_live_worker_runs_and_takes_back_a_dead_ones(app, users):
+    """A study another live worker took into its batch is not screened twice when its own message arrives."""
+    services = services_of(app)
+    ids = _studies(services, 5)
+    dead, alive = _worker(services, 60), _worker(services, 1)
+    _running(services, ids[:1], alive)
+    _running(services, ids[1:2], dead)
+    _running(services, ids[2:3], None)  # a process without a heartbeat
+    claims = pipeline._claim(services.sessions, ids, 0.0, 0, 5)
+    assert [claim.study_id for claim in claims] == ids[1:]
+    with services.sessions() as session:
+        assert session.get(Study, ids[0]).claimed_by == alive
+
+
+def test_dynamic_batching_fills_a_batch_with_other_uploads_oldest_first(app, users, stub_screener):
+    """Four small uploads, one task message each: the first task screens all of them in one model batch and
+    the later messages find their studies done."""
+    services = services_of(app)
+    uploads = [_studies(services, 2, seed=100 + 10 * n) for n in range(4)]
+    with services.sessions.begin() as session:  # a copy waiting on its original is not taken
+        session.execute(update(Study).where(Study.id == uploads[3][1]).values(duplicate_of_id=uploads[0][0]))
+    counts = pipeline.run_batch(services.sessions, services.storage, stub_screener, uploads[1], fill_to=6)
+    assert counts["done"] == 6 and stub_screener.images == 6
+    # Its own two, then the oldest others: the first upload, the third; the fourth's first film waits, and its
+    # second is answered from its original (in the first upload) without running the models.
+    assert _statuses(services, [i for upload in uploads for i in upload]) == ["done"] * 6 + ["queued", "done"]
+    assert pipeline.run_batch(services.sessions, services.storage, stub_screener, uploads[2]) == \
+        {"done": 0, "error": 0, "skipped": 0}  # the third upload's own message: already done
+    assert pipeline.run_batch(services.sessions, services.storage, stub_screener, uploads[3][:1],
+                              fill_to=6)["done"] == 1
+    assert stub_screener.images == 7  # nothing screened twice
