@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db import counters
 from db.models import Department, OutboundMessage, OutboundState, ReportStatus, StudyResult, utcnow
 from db.session import audit
 
@@ -326,6 +327,8 @@ def retry(session: Session, message_id: int, actor_id: int | None, by: str,
     if current > message.result_version:
         raise ValueError(f"message {message_id} is for version {message.result_version} of the result, which is "
                          f"now at version {current}: retry that version's message instead")
+    # /metrics counts attempts from the rows: the ones this reset forgets are kept as a stored count.
+    counters.increment(session, "pneumoscreen_outbound_attempts_total", {"kind": message.kind}, by=message.attempts)
     message.state, message.attempts, message.next_attempt_at = OutboundState.PENDING, 0, now or utcnow()
     audit(session, actor_id, "outbound.retry", "outbound_message", message.id, by=by, last_error=message.last_error)
     return message

@@ -5,6 +5,7 @@ Also the protocol pieces the read side (web/dicomweb_read.py) shares: UID checks
 import logging
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -12,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from flask_login import current_user
 
 from core.services import current_services
+from db import counters
 from models.dicom import is_dicom, read_dataset
 from models.imaging import ImageDecodeError
 from studies.files import expand
@@ -87,7 +89,7 @@ def _store(target_study: str | None):
         else:  # not-applicable instances (Item.not_applicable) are stored too: accepted, never screened
             stored.append(uids)
             items.append(item)
-    batch = None
+    batch, reasons = None, {}
     if items:
         batch, rejected = submit_batch(current_services(), items, current_user.id, "dicomweb")
         reasons = {refused["filename"]: refused["error"] for refused in rejected}
@@ -96,11 +98,24 @@ def _store(target_study: str | None):
         stored = [uids for uids, item in zip(stored, items) if item.name not in reasons]
     for uids, _, reason in failed:
         logger.info("STOW-RS instance %s refused: %s", uids.instance, reason)
+    _count([item for item in items if item.name not in reasons], failed)
     status = 200 if not failed else 202 if stored else 409
     response = Response(_store_response(stored, failed, target_study), status=status, mimetype=DICOM_JSON)
     if batch is not None:
         response.headers["Content-Location"] = url_for("api.get_batch", batch_id=batch.id)
     return response
+
+
+def _count(kept: list, failed: list) -> None:
+    """/metrics: instances received by STOW-RS, stored (screened or accepted and ignored) or refused by status."""
+    ignored = sum(1 for item in kept if item.not_applicable)
+    refused = Counter(reason for _, reason, _ in failed)
+    with current_services().sessions.begin() as session:
+        for outcome, count in (("stored", len(kept) - ignored), ("ignored", ignored)):
+            if count:
+                counters.count_instances(session, "stow-rs", outcome, 0, by=count)
+        for status, count in refused.items():
+            counters.count_instances(session, "stow-rs", "refused", status, by=count)
 
 
 def _boundary(content_type: str) -> str | None:

@@ -134,7 +134,8 @@ def _results(session: Session):
 def _errors(session: Session):
     """Studies that ended in error, by a reason class (the reason text itself is free text)."""
     reason = case((Study.error.like("gave up after%"), "gave_up"),
-                  (Study.error == "stored file is missing", "file_missing"), else_="unreadable")
+                  (Study.error == "stored file is missing", "file_missing"),
+                  (Study.error.like("the original was purged%"), "purged"), else_="unreadable")
     errors = CounterMetricFamily("pneumoscreen_study_errors", "Studies that ended in error, by reason class "
                                  "(gave_up: the worker crashed on it 3 times)", labels=["reason"])
     for name, count in session.execute(select(reason, func.count()).where(Study.status == StudyStatus.ERROR)

@@ -3,6 +3,7 @@ pending versions superseded, states for the study page, and sending a failed mes
 import pytest
 from sqlalchemy import func, select
 
+from db import counters
 from db.models import AuditEvent, Department, OutboundMessage, OutboundState, StudyResult
 from db.session import make_engine, make_session_factory
 from studies.outbound import check_config, destinations, queue_for, retry, set_config, shown, states_for
@@ -164,6 +165,9 @@ def test_retry_sends_a_failed_message_again_with_fresh_attempts(sessions):
         session.flush()
         again = retry(session, message.id, None, "test")
         assert (again.state, again.attempts, again.last_error) == ("pending", 0, "refused")
+        kept = [(labels, value) for name, labels, value in counters.read_all(session)
+                if name == "pneumoscreen_outbound_attempts_total"]
+        assert kept == [({"kind": "hl7"}, 8)]  # /metrics still counts the 8 attempts the reset forgot
         with pytest.raises(LookupError):
             retry(session, 12345, None, "test")
         message.state = OutboundState.FAILED

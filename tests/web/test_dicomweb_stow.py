@@ -7,6 +7,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from core.services import services_of
+from db import counters
 from db.models import Study
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.helpers import bearer
@@ -81,3 +82,6 @@ def test_the_doors_dicom_status_is_the_failure_reason_and_ignored_instances_succ
     with services_of(app).sessions() as session:
         row = session.scalar(select(Study).where(Study.sop_instance_uid == knee.SOPInstanceUID))
         assert row.not_applicable and "chest" in row.not_applicable and row.prediction is None
+        counted = {(labels["outcome"], labels["status"]): value for name, labels, value in counters.read_all(session)
+                   if name == counters.DICOM_INSTANCES and labels["via"] == "stow-rs"}
+    assert counted == {("ignored", "0x0000"): 1, ("refused", "0x0122"): 1}  # /metrics counts both
