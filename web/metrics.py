@@ -269,8 +269,9 @@ def _miss_rates(rates: list[MissRate]):
     """The QA miss-rate estimate per department and model version (studies/qa.py), with its bound and target."""
     labels = ["department", "model_version"]
     families = {
-        "reads": CounterMetricFamily("pneumoscreen_qa_reads", "QA samples read (pneumonia or normal)", labels=labels),
-        "misses": CounterMetricFamily("pneumoscreen_qa_misses", "QA samples a reviewer called pneumonia",
+        # Gauges: a reviewer may change a decision, so a sample can stop counting as a miss.
+        "reads": GaugeMetricFamily("pneumoscreen_qa_reads", "QA samples read (pneumonia or normal)", labels=labels),
+        "misses": GaugeMetricFamily("pneumoscreen_qa_misses", "QA samples a reviewer called pneumonia",
                                       labels=labels),
         "upper": GaugeMetricFamily("pneumoscreen_qa_miss_rate_upper",
                                    "One-sided 95% upper bound on the miss rate among unflagged NORMAL calls",

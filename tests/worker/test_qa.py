@@ -94,5 +94,5 @@ def test_the_miss_rate_estimate_matches_a_hand_computation(app):
     page = client.get("/qa").get_data(as_text=True)
     assert "Ward Q" in page and "above its target of 2.0%" in page and "8.3%" in page
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'pneumoscreen_qa_misses_total{department="Ward Q",model_version="0.0.0+stub"} 3.0' in metrics
+    assert 'pneumoscreen_qa_misses{department="Ward Q",model_version="0.0.0+stub"} 3.0' in metrics
     assert 'pneumoscreen_qa_miss_rate_warning{department="Ward Q",model_version="0.0.0+stub"} 1.0' in metrics
