@@ -2,17 +2,18 @@
 
 Run: .venv/bin/python bench/voi_rendering.py --data ../shared/data --films 60 --out bench/results/voi_rendering.json
 
-Each full-size Kermany film (kermany-fullsize/, original JPEG) is screened as the JPEG, and wrapped as DICOM
+Each film (--source: full-size Kermany JPEGs by default) is screened as the JPEG, and wrapped as DICOM
 without a window in several ways real objects are written (8-bit; 12-bit; 12-bit MONOCHROME1; 12-bit using only
 part of its range, as CR often does; 16-bit with a pedestal and a rescale intercept). Each DICOM is rendered by:
   percentile  the 0.5-99.5 % stretch the service used before (the old rendering),
-  minmax      the stored values' minimum to maximum after the modality LUT (what PACS JPEG exports and viewers
-              such as dcm4che's dcm2jpg and Weasis do without a window),
-  bits        the full range BitsStored allows (DCMTK's dcmj2pnm default),
+  minmax      the stored values' minimum to maximum after the modality LUT (the auto-windowing of JPEG exports
+              such as dcm4che's dcm2jpg for images without VOI attributes),
+  bits        the full range BitsStored allows (an export with no windowing at all),
   service     models.imaging.decode_image on the DICOM bytes: what the service does now.
-For each: how many films the scope gate flags out of scope (the JPEG: none expected, these are the training
-hospital's children), decisions that differ from the JPEG's, and the mean/max |p - p_JPEG|. The two real DICOM
-films in dicom/ (adult, no JPEG to compare with) are reported with each rendering. Data are never written.
+For each: how many films the scope gate flags out of scope (Kermany JPEGs: almost none, these are the training
+hospital's children; adult films: most), decisions that differ from the JPEG's, and the mean/max |p - p_JPEG|.
+The two real DICOM films in dicom/ (adult, no JPEG to compare with) are reported with each rendering. Data are
+never written; --out takes the figures only.
 """
 import argparse
 import io
@@ -100,14 +101,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--films", type=int, default=60, help="films, half NORMAL half PNEUMONIA")
-    parser.add_argument("--source", default="kermany-fullsize", choices=("kermany-fullsize", "kermany-train"),
-                        help="original full-size JPEGs, or the 224 px training copies")
+    parser.add_argument("--source", default="kermany-fullsize",
+                        choices=("kermany-fullsize", "kermany-train", "scope/adult-frontal"),
+                        help="original full-size JPEGs, the 224 px training copies, or adult films (most flagged)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     screener = Screener.load(ROOT / "models" / "weights")
     folder = args.data / args.source
-    paths = [path for label in ("NORMAL", "PNEUMONIA")
-             for path in sorted((folder / label).glob("*.jp*g"))[:args.films // 2]]
+    labelled = (folder / "NORMAL").is_dir()
+    paths = ([path for label in ("NORMAL", "PNEUMONIA") for path in sorted((folder / label).glob("*.jp*g"))
+              [:args.films // 2]] if labelled else sorted(folder.glob("*.jp*g"))[:args.films])
     jpeg_p, jpeg_out = screen(screener, [decode_image(path.read_bytes()) for path in paths])
     report = {"source": args.source, "films": len(paths), "jpeg": {"out_of_scope": int(jpeg_out.sum())}, "variants": {}}
     print(f"{len(paths)} films; JPEG: {int(jpeg_out.sum())}/{len(paths)} flagged out of scope")

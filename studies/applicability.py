@@ -167,7 +167,7 @@ def _sop_name(uid: str) -> str:
 
 
 def _is_storage(uid: str) -> bool:
-    from pynetdicom.sop_class import uid_to_service_class
     from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
 
     return issubclass(uid_to_service_class(uid), StorageServiceClass)

@@ -35,7 +35,8 @@ def screened(app, users, caplog):
     with services.sessions() as session:
         ids = {s.filename.split("/", 1)[1]: s.id for s in session.scalars(select(Study)).all()}
     screener = pipeline.load_screener(services.settings.weights_dir)
-    assert pipeline.run_batch(services.sessions, services.storage, screener, list(ids.values()))["done"] == 4
+    # The CT is not applicable (studies/applicability.py): done at intake, never screened.
+    assert pipeline.run_batch(services.sessions, services.storage, screener, list(ids.values()))["done"] == 3
     return client, services, ids, response.get_json()["id"]
 
 
@@ -46,8 +47,10 @@ def test_header_attributes_scope_and_study_result(screened, caplog):
         frontal = studies["a/frontal.dcm"]
         assert (frontal.modality, frontal.view_position, frontal.study_instance_uid) == ("CR", "PA", "1.2.3.100")
         assert frontal.patient_age == "004Y" and frontal.body_part == "CHEST" and frontal.sop_instance_uid
+        ct = studies.pop("c/ct.dcm")
         assert all(study.prediction is not None for study in studies.values())  # results stored, even out of scope
-        assert studies["c/ct.dcm"].flag.reasons == ["out_of_scope"]
+        assert ct.status == "done" and ct.prediction is None and ct.flag is None
+        assert "modality is not a projection radiograph" in ct.not_applicable
         assert studies["b/lateral.dcm"].flag.reasons == ["out_of_scope"]
         assert studies["a/lateral.dcm"].flag is None  # its study has a frontal film
         assert frontal.flag is None or "out_of_scope" not in frontal.flag.reasons
@@ -56,7 +59,7 @@ def test_header_attributes_scope_and_study_result(screened, caplog):
         assert [image.id for image in grouped.images] == sorted([frontal.id, studies["a/lateral.dcm"].id])
         assert grouped.probability == pytest.approx(frontal.prediction.probability)
         assert studies["b/lateral.dcm"].study_result.scope == "out_of_scope"
-        assert studies["c/ct.dcm"].study_result.scope in ("out_of_scope", "not_applicable")
+        assert ct.study_result.scope == "not_applicable"
     assert SECRET_NAME.split("^")[0] not in caplog.text and SECRET_ID not in caplog.text
 
 
@@ -68,7 +71,7 @@ def test_batch_csv_export(screened, users):
     by_id = {int(row["study_id"]): row for row in rows}
     assert set(by_id) == set(ids.values())
     ct = by_id[ids["c/ct.dcm"]]
-    assert ct["modality"] == "CT" and ct["flag_reason"] == "out_of_scope" and ct["flagged"] == "1"
+    assert ct["modality"] == "CT" and ct["flag_reason"] == "" and ct["flagged"] == "0" and ct["probability"] == ""
     with services.sessions() as session:
         frontal = session.get(Study, ids["a/frontal.dcm"])
         row = by_id[frontal.id]
