@@ -78,8 +78,8 @@ def test_reviewer_uploads_watches_progress_and_decides_by_key(portal, tmp_path):
         study_url = flagged.get_attribute("href")
         flagged.click()
         expect(page.locator("#workstation")).to_have_attribute("data-ready", "1")
-        page.locator("#ww").fill("120")  # window narrower: the canvas is redrawn
-        expect(page.locator("#workstation")).to_have_attribute("data-window", "120/128")
+        page.click("[data-preset=full]")  # window/level on the film's own values (tests/browser/test_reader.py)
+        expect(page.locator("#workstation")).to_have_attribute("data-window-preset", "full")
         page.screenshot(path=str(SHOTS / "browser-2-study.png"), full_page=True)
 
         page.keyboard.press("n")

@@ -97,7 +97,7 @@
     var p = film.presets[name] || film.presets['default'];
     view.center = p[0]; view.width = Math.max(1, p[1]);
     document.querySelectorAll('[data-preset]').forEach(function (b) { b.setAttribute('aria-pressed', b.dataset.preset === name); });
-    box.dataset.preset = name;
+    box.dataset.windowPreset = name;
     applyWindow();
   }
 
@@ -168,7 +168,7 @@
       var dx = m.clientX - last.x, dy = m.clientY - last.y; last = {x: m.clientX, y: m.clientY};
       if (panning) { view.x += dx; view.y += dy; draw(); return; }
       view.width = Math.max(1, view.width + dx * step); view.center += dy * step;
-      box.dataset.preset = ''; applyWindow();
+      box.dataset.windowPreset = ''; applyWindow();
     }
     function up() { stage.style.cursor = ''; window.removeEventListener('mousemove', move); window.removeEventListener('mouseup', up); }
     window.addEventListener('mousemove', move); window.addEventListener('mouseup', up);
