@@ -22,16 +22,59 @@ _hasher = PasswordHasher()
 
 def ensure_department(session: Session, name: str, actor_id: int | None = None) -> Department:
     """The department called `name`, created (and audited) when it does not exist yet."""
-    name = name.strip()
-    if not name or len(name) > 120:
-        raise ValueError("department name must be 1 to 120 characters")
-    department = session.scalar(select(Department).where(Department.name == name))
+    name = _department_name(name)
+    department = department_named(session, name)
     if department is None:
         department = Department(name=name)
         session.add(department)
         session.flush()
         audit(session, actor_id, "department.create", "department", department.id, name=name)
     return department
+
+
+def department_named(session: Session, name: str) -> Department | None:
+    """The department called `name` in any case: "radiology north" is "Radiology North"."""
+    return session.scalar(select(Department).where(func.lower(Department.name) == " ".join(name.split()).lower()))
+
+
+def rename_department(session: Session, department: Department, name: str, actor_id: int | None) -> None:
+    """Rename a department; ValueError when another department already has the name (in any case)."""
+    name = _department_name(name)
+    other = department_named(session, name)
+    if other is not None and other.id != department.id:
+        raise ValueError(f"department {other.name!r} already exists")
+    if name != department.name:
+        audit(session, actor_id, "department.rename", "department", department.id, old=department.name, name=name)
+        department.name = name
+
+
+def _department_name(name: str) -> str:
+    name = " ".join(name.split())  # "Radiology  North " is "Radiology North"
+    if not name or len(name) > 120:
+        raise ValueError("department name must be 1 to 120 characters")
+    return name
+
+
+def update_user(session: Session, user: User, role: str, department_id: int | None, actor_id: int | None) -> None:
+    """Change a user's role and department; their sessions end so the new rights apply at once."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if department_id is not None and session.get(Department, department_id) is None:
+        raise ValueError("no such department")
+    if (role, department_id) != (user.role, user.department_id):
+        audit(session, actor_id, "user.update", "user", user.id, role=role, department_id=department_id,
+              was_role=user.role, was_department_id=user.department_id)
+        user.role, user.department_id = role, department_id
+        end_sessions(user)
+
+
+def reset_password(session: Session, user: User, password: str, actor_id: int | None) -> None:
+    """An admin sets a temporary password (the same strength rule applies); the user's sessions end."""
+    if problem := password_problem(password, user.username):
+        raise ValueError(problem)
+    user.password_hash = _hasher.hash(password)
+    end_sessions(user)
+    audit(session, actor_id, "user.password_reset", "user", user.id)
 
 
 def create_user(session: Session, username: str, role: str, password: str | None,
@@ -110,15 +153,16 @@ def login_window(minutes: int) -> datetime:
     return utcnow() - timedelta(minutes=minutes)
 
 
-def issue_token(session: Session, user: User, name: str = "default", actor_id: int | None = None) -> str:
-    """Create a token and return it in clear: the only time it is ever shown."""
+def issue_token(session: Session, user: User, name: str = "default", actor_id: int | None = None,
+                expires_at: datetime | None = None) -> str:
+    """Create a token and return it in clear: the only time it is ever shown. None for `expires_at`: never."""
     name = (name or "default").strip()[:80] or "default"
     token = "psk_" + secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user.id, name=name, token_hash=_digest(token))
+    row = ApiToken(user_id=user.id, name=name, token_hash=_digest(token), expires_at=expires_at)
     session.add(row)
     session.flush()
     audit(session, actor_id if actor_id is not None else user.id, "token.create", "api_token",
-          row.id, name=name, user_id=user.id)
+          row.id, name=name, user_id=user.id, expires_at=expires_at.isoformat() if expires_at else None)
     return token
 
 
@@ -144,10 +188,14 @@ def set_active(session: Session, user: User, active: bool, actor_id: int | None)
 def user_for_token(session: Session, token: str) -> User | None:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token),
                                                 ApiToken.revoked_at.is_(None)))
-    if row is None or not row.user.active:
+    if row is None or not row.user.active or token_expired(row):
         return None
     row.last_used_at = utcnow()
     return row.user
+
+
+def token_expired(row: ApiToken, now: datetime | None = None) -> bool:
+    return row.expires_at is not None and as_utc(row.expires_at) <= (now or utcnow())
 
 
 def _digest(token: str) -> str:

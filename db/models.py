@@ -7,7 +7,20 @@ Naming: a `Study` row is one image handed over (the historical name); a `StudyRe
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("uploader", "reviewer", "admin")
@@ -73,6 +86,10 @@ class Department(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+# "Radiology North" and "radiology north" are one department (db.accounts.ensure_department).
+Index("uq_departments_name_lower", func.lower(Department.name), unique=True)
+
+
 class User(Base):
     """A person who uploads, reviews or administers."""
 
@@ -100,6 +117,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: never expires
     user: Mapped[User] = relationship(back_populates="tokens")
 
 
@@ -113,6 +131,16 @@ class Batch(Base):
     source: Mapped[str] = mapped_column(String(16), default="api")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     studies: Mapped[list["Study"]] = relationship(back_populates="batch", order_by="Study.id")
+
+
+class BatchRejection(Base):
+    """A file handed over with a batch and refused at the door, with why (studies/rejections.py)."""
+
+    __tablename__ = "batch_rejections"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(String(500))
 
 
 class Study(Base):
@@ -299,6 +327,9 @@ class ReviewFlag(Base):
     reasons: Mapped[list[str]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=FlagStatus.OPEN, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A soft lock (studies.reviews.claim): the reader who opened it, until when; others are warned and skip it.
+    claimed_by: Mapped[int | None] = mapped_column(Integer)  # users.id; no foreign key: a hint, not a record
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     study: Mapped[Study] = relationship(back_populates="flag")
     reviews: Mapped[list["Review"]] = relationship(back_populates="flag", order_by="Review.id")
 
@@ -327,9 +358,6 @@ class DicomPending(Base):
     __tablename__ = "dicom_pending"
     id: Mapped[int] = mapped_column(primary_key=True)
     calling_ae: Mapped[str] = mapped_column(String(16), index=True)
-    # A soft lock (studies.reviews.claim): the reader who opened it, until when; others are warned and skip it.
-    claimed_by: Mapped[int | None] = mapped_column(Integer)  # users.id; no foreign key: a hint, not a record
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     address: Mapped[str] = mapped_column(String(64))
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str] = mapped_column(String(512))

@@ -137,7 +137,9 @@ def web(host: str, port: int) -> None:
     click.echo(f"portal on http://{host}:{port}/")
     # Bounded connections and an idle timeout: slow or idle clients cannot hold every thread (put a reverse
     # proxy with its own limits and TLS in front in production: README, SECURITY.md).
-    serve(app, host=host, port=port, threads=8, max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+    # waitress answers a body over its own limit with a bare page before the app sees it: its limit is twice the
+    # app's, so a request over PNEUMOSCREEN_MAX_UPLOAD_MB gets the portal's 413 page (web/errors.py).
+    serve(app, host=host, port=port, threads=8, max_request_body_size=2 * app.config["MAX_CONTENT_LENGTH"],
           connection_limit=WEB_CONNECTIONS, channel_timeout=WEB_IDLE_S, cleanup_interval=10)
 
 

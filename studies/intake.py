@@ -10,6 +10,7 @@ from models.dicom import DicomMeta, deidentify, is_dicom
 from models.limits import ImageDecodeError
 from studies.duplicates import link_duplicates
 from studies.files import Item, expand
+from studies.rejections import record_rejections
 from studies.results import attach, refresh_many
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ MAX_STUDIES = 5000
 
 def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int,
                    source: str) -> tuple[Batch | None, list[dict], int]:
-    """Expand uploaded files and zips, then submit them; returns (batch or None, rejected, accepted count).
+    """Expand uploaded files and zips, then submit them; returns (batch, rejected, accepted count), the batch None
+    only when nothing was handed over.
 
     One file or zip member at a time, from reading to storage: memory holds one member, never all of them.
     """
@@ -39,7 +41,8 @@ def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], use
 
 def submit_batch(services: Services, items: Iterable[Item], user_id: int, source: str,
                  department_id: int | None = None, sender: dict | None = None) -> tuple[Batch | None, list[dict]]:
-    """Create a batch of the good items and queue it; returns (batch or None, rejected items).
+    """Create a batch of the good items and queue it, the refused ones recorded on it with their reasons;
+    returns (batch, rejected items), or (None, []) when nothing was handed over.
 
     The batch belongs to the uploader's department unless `department_id` says otherwise (the DICOM
     listener files each caller's studies under its own department); `sender` goes into the audit entry.
@@ -60,8 +63,9 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
             continue
         # The bytes are in storage now: not kept here.
         accepted.append((item.name, item.meta, key, digest, item.not_applicable))
-    if not accepted:
+    if not accepted and not rejected:
         return None, rejected
+    # A batch whose every file was refused is still recorded: the uploader sees what was refused and why.
     with services.sessions.begin() as session:
         uploader = session.get(User, user_id)
         if department_id is None and uploader is not None:
@@ -71,6 +75,7 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
         session.flush()
         audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(accepted),
               rejected=len(rejected), source=source, **(sender or {}))
+        record_rejections(session, batch.id, rejected)
     # Short transactions of INSERT_CHUNK studies: a large upload never holds the database (SQLite: the
     # whole file) for long, and each chunk is queued as soon as it is written. A chunk lost to a crash
     # before it was queued is re-queued by the sweeper; its rows are already `queued`.

@@ -13,6 +13,7 @@ from core.services import current_services
 from db.models import UNFINISHED, Study, Worker, heartbeat_cutoff
 from web import admin, api, auth, batches, calibration, dicomweb, dicomweb_read, exports, fhir, metrics, qa, review
 from web.context import close_db_session, csrf, drop_db_session
+from web.errors import init_errors, wants_json
 
 logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -40,8 +41,7 @@ def init_web(app: Flask) -> None:
     app.after_request(_security_headers)
     metrics.init_app(app)  # counts every request (after_request) for /metrics
     app.teardown_appcontext(_end_request)
-    app.register_error_handler(413, _too_large)
-    app.register_error_handler(500, _server_error)
+    init_errors(app)  # branded 400/403/404/413/500 pages, JSON under /api/ and /dicomweb/; CSRF expiry to login
     app.register_error_handler(OperationalError, _database_down)
     app.add_url_rule("/healthz", "healthz", healthz)
 
@@ -83,27 +83,6 @@ def _end_request(exc: BaseException | None) -> None:
     close_db_session(exc)
 
 
-def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
-
-
-def _too_large(_error):
-    limit = current_services().settings.max_upload_mb
-    message = f"request is larger than the {limit} MB upload limit: split it into smaller batches"
-    if _wants_json():
-        return jsonify(error=message), 413
-    return message, 413
-
-
-def _server_error(_error):
-    session = g.get("db_session")
-    if session is not None:
-        session.rollback()
-    if _wants_json():
-        return jsonify(error="internal error; it has been logged"), 500
-    return "Internal error; it has been logged.", 500
-
-
 def _database_down(error):
     """The database is unreachable (restarting, failing over): 503, so clients retry; nothing half-done."""
     logger.warning("database unavailable: %s", type(error.orig).__name__ if error.orig else error)
@@ -111,7 +90,7 @@ def _database_down(error):
     if session is not None:
         session.invalidate()
     message = "the database is unavailable; retry in a minute"
-    if _wants_json():
+    if wants_json():
         return jsonify(error=message), 503, {"Retry-After": "30"}
     return message, 503, {"Retry-After": "30"}
 

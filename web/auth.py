@@ -10,6 +10,7 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
+from core.services import current_services
 from db.accounts import check_password, end_sessions, failed_attempts, login_window, user_for_token
 from db.models import User
 from db.session import audit
@@ -75,7 +76,8 @@ def by_bearer_token() -> bool:
 def _unauthorized():
     if request.path.startswith("/api/"):
         return jsonify(error="authentication required: send 'Authorization: Bearer <token>'"), 401
-    return redirect(url_for("auth.login", next=request.path))
+    # The query too: back to the same filtered page after login.
+    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
 def roles_required(*roles: str):
@@ -151,4 +153,21 @@ def logout():
     db_session().commit()
     logout_user()
     session.clear()
-    return redirect(url_for("auth.login"))
+    # The idle logoff (web/static/idle.js) sends where the person was: after login, back there.
+    then = local_path(request.form.get("next", ""))
+    if request.form.get("idle"):
+        flash("You were logged out after a while without activity. Log in to go back where you were.", "info")
+    return redirect(url_for("auth.login", next=then) if then != "/" else url_for("auth.login"))
+
+
+@bp.app_template_global()
+def idle_minutes() -> int:
+    """The idle timeout pages warn about (web/static/portal.js)."""
+    return current_services().settings.session_idle_minutes
+
+
+@bp.get("/session/ping")
+@login_required
+def ping():
+    """Keeps an idle session alive ("Stay logged in"): any request refreshes the session cookie."""
+    return jsonify(idle_minutes=current_services().settings.session_idle_minutes)

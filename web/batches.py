@@ -1,15 +1,19 @@
-"""Portal pages for uploaders: upload many files or a zip, watch batches progress, see results."""
+"""Portal pages for uploaders: upload files, folders or zips, watch batches progress, see results and what was
+refused (every file handed over is accounted for)."""
 import logging
+from datetime import datetime
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 
+from core.csvcells import csv_text
 from core.services import current_services
 from core.storage import DERIVED_KINDS
 from db.models import Batch
 from studies.intake import submit_uploads
+from studies.rejections import grouped, rejections_of
 from web.auth import roles_required
 from web.context import db_session
 from web.queries import batch_json, batch_progress, visible_batch, visible_batches, visible_study
@@ -22,6 +26,12 @@ bp = Blueprint("batches", __name__)
 def study_image_exists(study_id: int, kind: str) -> bool:
     """Whether a derived picture was made (the heatmap only when the model provides one)."""
     return kind in DERIVED_KINDS and current_services().storage.has_derived(study_id, kind)
+
+
+@bp.app_template_filter("fromiso")
+def from_iso(text: str | None) -> datetime | None:
+    """An ISO 8601 time from the JSON a page shares with the API, back to a datetime (for the `when` filter)."""
+    return datetime.fromisoformat(text) if text else None
 
 
 class UploadForm(FlaskForm):
@@ -45,23 +55,26 @@ def batches():
     return render_template("batches.html", batches=rows, progress=progress)
 
 
+def headline(queued: int, rejected: int) -> str:
+    """What happened to the files handed over, in one line: "86 queued, 4 rejected"."""
+    return f"{queued} queued, {rejected} rejected" if rejected else f"{queued} queued"
+
+
 @bp.route("/upload", methods=["GET", "POST"])
 @roles_required("uploader", "admin")
 def upload():
     form = UploadForm()
+    limit = current_services().settings.max_upload_mb
     if not form.validate_on_submit():
-        return render_template("upload.html", form=form)
+        return render_template("upload.html", form=form, max_upload_mb=limit)
     files = [f for f in request.files.getlist("files") if f.filename]
     if not files:
-        flash("Choose at least one image or .zip file.", "error")
-        return render_template("upload.html", form=form), 400
+        flash("Choose at least one image, folder or .zip file.", "error")
+        return render_template("upload.html", form=form, max_upload_mb=limit), 400
     batch, rejected, accepted = submit_uploads(
         current_services(), ((f.filename, f.read()) for f in files), current_user.id, "portal")
-    for item in rejected:
-        flash(f"{item['filename']}: {item['error']}", "error")
-    if batch is None:
-        return render_template("upload.html", form=form), 422
-    flash(f"Batch {batch.id}: {accepted} studies queued.", "info")
+    # Refused files are recorded on the batch (studies/rejections.py): its page lists them, grouped by reason.
+    flash(f"Batch {batch.id}: {headline(accepted, len(rejected))}.", "error" if not accepted else "info")
     return redirect(url_for("batches.batch", batch_id=batch.id))
 
 
@@ -71,7 +84,30 @@ def batch(batch_id: int):
     found = visible_batch(db_session(), batch_id)
     if found is None:
         abort(404)
-    return render_template("batch.html", batch=batch_json(db_session(), found))
+    batch = batch_json(db_session(), found)
+    return render_template("batch.html", batch=batch, groups=grouped(batch["rejections"]), filters=_filters(),
+                           headline=headline(batch["total"], batch["rejected"]))
+
+
+FILTERS = {"call": ("", "PNEUMONIA", "NORMAL", "none"), "show": ("", "flagged", "error", "decided")}
+
+
+def _filters() -> dict:
+    """The batch page's filters from the query (?call=NORMAL&show=flagged); unknown values are ignored."""
+    return {name: value if (value := request.args.get(name, "")) in allowed else ""
+            for name, allowed in FILTERS.items()}
+
+
+@bp.get("/api/v1/batches/<int:batch_id>/rejections.csv")
+@login_required
+def rejections_csv(batch_id: int):
+    """The files refused at the door, with why, in the batch's natural file order."""
+    found = visible_batch(db_session(), batch_id)
+    if found is None:
+        return jsonify(error="no such batch"), 404
+    rows = ((batch_id, row["filename"], row["reason"]) for row in rejections_of(db_session(), batch_id))
+    return Response(csv_text(["batch_id", "filename", "reason"], rows), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="batch-{batch_id}-rejected.csv"'})
 
 
 @bp.get("/studies/<int:study_id>/<kind>.png")

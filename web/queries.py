@@ -20,6 +20,8 @@ from db.models import (
     as_utc,
 )
 from models.reasons import FlagReason
+from studies.rejections import rejected_counts, rejections_of
+from studies.reviews import explain_flag
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,9 @@ def batch_progress(session: Session, batch_ids: list[int]) -> dict[int, dict]:
     progress = {batch_id: {status: 0 for status in StudyStatus} for batch_id in batch_ids}
     for batch_id, status, count in rows:
         progress[batch_id][status] = count
-    return {batch_id: _summary(counts) for batch_id, counts in progress.items()}
+    rejected = rejected_counts(session, batch_ids)  # files refused at the door: no study row, counted apart
+    return {batch_id: {**_summary(counts), "rejected": rejected.get(batch_id, 0)}
+            for batch_id, counts in progress.items()}
 
 
 def _summary(counts: dict) -> dict:
@@ -79,7 +83,8 @@ def _summary(counts: dict) -> dict:
     else:
         status = StudyStatus.QUEUED
     return {"status": status.value, "total": total, "done": counts[StudyStatus.DONE],
-            "failed": counts[StudyStatus.ERROR],
+            "failed": counts[StudyStatus.ERROR], "queued": counts[StudyStatus.QUEUED],
+            "running": counts[StudyStatus.RUNNING],
             "percent": round(100 * finished / total) if total else 100}
 
 
@@ -87,18 +92,22 @@ def batch_studies(session: Session, batch_id: int) -> list[Study]:
     """A batch's studies in upload order, with their predictions and flags loaded."""
     return session.scalars(
         select(Study).where(Study.batch_id == batch_id).order_by(Study.id)
-        .options(selectinload(Study.prediction), selectinload(Study.flag))).all()
+        .options(selectinload(Study.prediction),
+                 selectinload(Study.flag).selectinload(ReviewFlag.reviews).selectinload(Review.reviewer))).all()
 
 
 def batch_json(session: Session, batch: Batch) -> dict:
     studies = batch_studies(session, batch.id)
     return {"id": batch.id, "created_at": as_utc(batch.created_at).isoformat(),
             **batch_progress(session, [batch.id])[batch.id],
+            "flagged": sum(study.flag is not None for study in studies),
+            "rejections": rejections_of(session, batch.id),  # [{"filename", "reason"}], natural order
             "studies": [study_json(study) for study in studies]}
 
 
 def study_json(study: Study) -> dict:
     prediction, flag = study.prediction, study.flag
+    review = flag.latest if flag else None
     return {
         "id": study.id, "filename": study.filename, "status": study.status,
         "probability": round(prediction.probability, 4) if prediction else None,
@@ -109,6 +118,13 @@ def study_json(study: Study) -> dict:
         "site_calibration_id": prediction.site_calibration_id if prediction else None,
         "flagged": flag is not None, "flag_reasons": list(flag.reasons) if flag else [],
         "review_status": flag.status if flag else None,
+        # In words, for people (models.flags.REASON_TEXT; a DICOM header's out_of_scope names its cause).
+        "flag_text": [text for _, text in explain_flag(study)] if flag else [],
+        # The model's call means little for these: pages show it without emphasis (and say why).
+        "out_of_scope": bool(flag and FlagReason.OUT_OF_SCOPE in flag.reasons),
+        "review_decision": review.decision if review else None,
+        "reviewer": review.reviewer.username if review else None,
+        "reviewed_at": as_utc(review.created_at).isoformat() if review else None,
         "error": study.error, "not_applicable": study.not_applicable,
         "study_result_id": study.study_result_id, "study_instance_uid": study.study_instance_uid,
         "accession_number": study.accession_number,

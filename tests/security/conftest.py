@@ -38,6 +38,7 @@ def world(app) -> World:
             user = create_user(session, key, role, f"{key}-password", department_id=department.id if department else None)
             tokens[key] = issue_token(session, user, "matrix")
             ids[f"{key}_user"] = user.id
+        radiology_id = radiology.id
     batch, _ = submit_batch(services, [Item("film.png", encode(film(), "PNG"))], ids["uploader_user"], "api")
     with services.sessions.begin() as session:
         study_id = session.scalar(select(Study.id).where(Study.batch_id == batch.id))
@@ -50,5 +51,5 @@ def world(app) -> World:
         choice = Choice(OperatingPoint(0.5, 0.3), 0.05, 30, 30, 0.9, 0.8, 1, 0.03, 0.1, 0.12)
         ids["calibration"] = save_calibration(session, "Radiology", Assessment(choice, b"\x89PNG", "0" * 64, "t", []),
                                               None, "matrix", accept=False).id
-    ids.update(batch=batch.id, study=study_id)
+    ids.update(batch=batch.id, study=study_id, department=radiology_id)
     return World(tokens, ids)

@@ -21,7 +21,8 @@ def _film(world):
 
 
 def _new_user(world):
-    return {"data": {"username": f"new{next(world.counter)}", "role": "uploader", "department": "Radiology"}}
+    return {"data": {"username": f"new{next(world.counter)}", "role": "uploader",
+                     "department": world.ids["department"]}}
 
 
 def _sample(world):
@@ -40,6 +41,7 @@ ROUTES = [
     ("POST", "/login", "/login", 401, PUBLIC, False,
      _form(username=lambda w: f"nobody{next(w.counter)}", password="wrong-password")),
     ("POST", "/logout", "/logout", 302, SIGNED_IN, False, None),
+    ("GET", "/session/ping", "/session/ping", 200, SIGNED_IN, False, None),
     ("GET", "/healthz", "/healthz", 200, PUBLIC, False, None),
     ("GET", "/metrics", "/metrics", 200, PUBLIC, False, None),  # counts only, no patient data (web/metrics.py)
     ("GET", "/static/<path:filename>", "/static/style.css", 200, PUBLIC, False, None),
@@ -60,6 +62,8 @@ ROUTES = [
     ("POST", "/api/v1/batches", "/api/v1/batches", 202, UPLOADERS, False, _film),
     ("GET", "/api/v1/batches/<int:batch_id>", "/api/v1/batches/{batch}", 200, SIGNED_IN, True, None),
     ("GET", "/api/v1/batches/<int:batch_id>.csv", "/api/v1/batches/{batch}.csv", 200, SIGNED_IN, True, None),
+    ("GET", "/api/v1/batches/<int:batch_id>/rejections.csv", "/api/v1/batches/{batch}/rejections.csv", 200,
+     SIGNED_IN, True, None),
     ("GET", "/api/v1/studies/<int:study_id>/fhir", "/api/v1/studies/{study}/fhir", 200, SIGNED_IN, True, None),
     ("GET", "/api/v1/batches", "/api/v1/batches", 200, SIGNED_IN, False, None),
     ("GET", "/api/v1/results", "/api/v1/results", 200, SIGNED_IN, False, None),
@@ -102,6 +106,15 @@ ROUTES = [
     ("GET", "/admin/", "/admin/", 302, ADMIN, False, None),
     ("GET", "/admin/users", "/admin/users", 200, ADMIN, False, None),
     ("POST", "/admin/users", "/admin/users", 302, ADMIN, False, _new_user),
+    ("POST", "/admin/users/<int:user_id>", "/admin/users/{spare_user}", 302, ADMIN, False,
+     _form(role="uploader", department=lambda w: w.ids["department"])),
+    ("POST", "/admin/users/<int:user_id>/password", "/admin/users/{spare_user}/password", 302, ADMIN, False,
+     _form(password="violet ledger tramway")),
+    ("GET", "/admin/departments", "/admin/departments", 200, ADMIN, False, None),
+    ("POST", "/admin/departments", "/admin/departments", 302, ADMIN, False,
+     _form(name=lambda w: f"Ward {next(w.counter)}")),
+    ("POST", "/admin/departments/<int:department_id>", "/admin/departments/{department}", 302, ADMIN, False,
+     _form(name="Radiology")),
     ("POST", "/admin/users/<int:user_id>/active", "/admin/users/{spare_user}/active", 302, ADMIN, False, _form()),
     ("POST", "/admin/users/<int:user_id>/unlock", "/admin/users/{spare_user}/unlock", 302, ADMIN, False, _form()),
     ("GET", "/admin/tokens", "/admin/tokens", 200, ADMIN, False, None),

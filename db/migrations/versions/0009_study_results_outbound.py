@@ -104,7 +104,34 @@ def upgrade() -> None:
     if sqlite:
         op.execute('PRAGMA foreign_keys=ON')
 
+    op.create_table('batch_rejections',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('batch_id', sa.Integer(), nullable=False),
+    sa.Column('filename', sa.String(length=512), nullable=False),
+    sa.Column('reason', sa.String(length=500), nullable=False),
+    sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], name=op.f('fk_batch_rejections_batch_id_batches')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_batch_rejections'))
+    )
+    with op.batch_alter_table('batch_rejections', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_batch_rejections_batch_id'), ['batch_id'], unique=False)
+    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True))
+    _rename_case_duplicates()
+    op.create_index('uq_departments_name_lower', 'departments', [sa.text('lower(name)')], unique=True)
+
     _backfill()
+
+
+def _rename_case_duplicates() -> None:
+    """Departments whose names differ only in case ("radiology north") get their id appended, so the unique
+    index on lower(name) can be made; nothing moves between departments: an admin renames or reassigns."""
+    bind = op.get_bind()
+    seen = set()
+    for department_id, name in bind.execute(sa.text("SELECT id, name FROM departments ORDER BY id")).all():
+        if name.lower() in seen:
+            bind.execute(sa.text("UPDATE departments SET name = :n WHERE id = :i"),
+                         {"n": f"{name[:110]} (#{department_id})", "i": department_id})
+        seen.add(name.lower())
 
 
 def _backfill() -> None:
@@ -164,6 +191,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbound_messages_next_attempt_at'))
 
     op.drop_table('outbound_messages')
+    with op.batch_alter_table('review_flags', schema=None) as batch_op:
+        batch_op.drop_column('claimed_until')
+        batch_op.drop_column('claimed_by')
     with op.batch_alter_table('study_results', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_study_results_updated_at'))
         batch_op.drop_index(batch_op.f('ix_study_results_study_instance_uid'))
@@ -174,6 +204,11 @@ def downgrade() -> None:
 
     op.drop_table('study_results')
     op.drop_table('metric_counters')
-    with op.batch_alter_table('review_flags', schema=None) as batch_op:
-        batch_op.drop_column('claimed_until')
-        batch_op.drop_column('claimed_by')
+    # After the PRAGMA steps above: SQLite ignores the pragma inside a transaction these would open; its rebuild of
+    # departments has already dropped the expression index there.
+    op.execute('DROP INDEX IF EXISTS uq_departments_name_lower')
+    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
+        batch_op.drop_column('expires_at')
+    with op.batch_alter_table('batch_rejections', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_batch_rejections_batch_id'))
+    op.drop_table('batch_rejections')
