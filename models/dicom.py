@@ -15,6 +15,8 @@ MAX_DICOM_BYTES = 128 * 2**20
 # Groups a DICOM data set without preamble and file meta can start with (little endian).
 _BARE_GROUPS = (b"\x02\x00", b"\x08\x00")
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# What pydicom needs to read pixel data (PS3.3 C.7.6.3), checked at the door rather than in the worker.
+_PIXEL_MODULE = ("PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
 # Header attributes kept on a study row, with the column width; never patient name or id.
 META_FIELDS = {
     "study_instance_uid": ("StudyInstanceUID", 64), "series_instance_uid": ("SeriesInstanceUID", 64),
@@ -116,18 +118,33 @@ def check_dicom(data: bytes) -> str | None:
 def _header_problem(ds) -> str | None:
     if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
         return "DICOM file has no image (no pixel data): send the radiograph, not a report or structure"
+    if missing := [keyword for keyword in _PIXEL_MODULE if ds.get(keyword) in (None, "")]:
+        return f"DICOM image lacks {', '.join(missing)}: its pixels cannot be read"
+    bits, used, sign = (_int_or(ds.get(key), -1) for key in ("BitsAllocated", "BitsStored", "PixelRepresentation"))
+    if bits not in (1, 8, 16, 32, 64) or not 1 <= used <= bits or sign not in (0, 1):
+        return (f"DICOM pixel description is invalid (BitsAllocated {bits}, BitsStored {used}, "
+                f"PixelRepresentation {sign})")
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        try:
+            value = ds.get(keyword) if ds.get(keyword) not in (None, "") else []  # empty: as if absent
+            [float(item) for item in ([value] if isinstance(value, (str, bytes, int, float)) else list(value))]
+        except (TypeError, ValueError):
+            return f"DICOM {keyword} is not a number ({str(ds[keyword].value)[:32]!r})"
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric not in _GRAYSCALE:
         return f"DICOM image is {photometric}, not a grayscale radiograph"
     if _int_or(ds.get("SamplesPerPixel"), 1) != 1:
         return f"DICOM image has {ds.SamplesPerPixel} samples per pixel, not one grayscale plane"
-    frames = _int_or(ds.get("NumberOfFrames"), 1)
-    stored = frames * int(ds.Rows) * int(ds.Columns) * _int_or(ds.get("SamplesPerPixel"), 1) \
-        * max(1, (_int_or(ds.get("BitsAllocated"), 16) + 7) // 8)
+    frames, rows, columns = _int_or(ds.get("NumberOfFrames"), 1), _int_or(ds.Rows, -1), _int_or(ds.Columns, -1)
+    stored = frames * rows * columns * max(1, (bits + 7) // 8)
     if frames < 1 or stored > MAX_DICOM_BYTES:
         return (f"DICOM image holds {frames} frame(s) of {ds.Columns}x{ds.Rows} px, {stored / 2**20:.0f} MB of "
                 f"pixels (limit {MAX_DICOM_BYTES // 2**20} MB): send the radiograph alone")
-    return size_problem(int(ds.Columns), int(ds.Rows), "DICOM image")  # the rule PNG/JPEG meet (models.imaging)
+    syntax = ds.file_meta.TransferSyntaxUID
+    expected = (frames * rows * columns * bits + 7) // 8
+    if syntax.is_transfer_syntax and not syntax.is_compressed and len(ds.PixelData) < expected:
+        return f"DICOM pixel data is truncated: {len(ds.PixelData):,} of {expected:,} bytes"
+    return size_problem(columns, rows, "DICOM image")  # the rule PNG/JPEG meet (models.imaging)
 
 
 def _int_or(value, default: int) -> int:
@@ -165,12 +182,12 @@ def _grayscale(ds, stored: np.ndarray, apply_modality_lut, apply_voi_lut) -> np.
     """Modality LUT, then the VOI LUT, the window, or without either the used range; MONOCHROME1 inverted."""
     values = apply_modality_lut(stored, ds)
     padding = _padding(ds, stored)
-    if "VOILUTSequence" in ds:
+    if ds.get("VOILUTSequence"):
         # A LUT is indexed by whole numbers: rescaled values are rounded back to integers first.
         values = apply_voi_lut(np.rint(values).astype(np.int32), ds, prefer_lut=True)
         out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         pixels = _stretch(values.astype(np.float32), 0.0, float(2 ** out_bits - 1))
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
+    elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
         pixels = _window(values.astype(np.float32), _first(ds.WindowCenter), _first(ds.WindowWidth))
     else:
         # No window: the minimum to maximum of the values used, as PACS JPEG exports and viewers show such

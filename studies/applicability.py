@@ -85,6 +85,8 @@ def route(data: bytes, meta: DicomMeta | None, rules: tuple[RoutingRule, ...] = 
         return Decision(REFUSE, str(exc), CANNOT_UNDERSTAND)
     if meta is None:
         return Decision(REFUSE, "not a readable DICOM header", CANNOT_UNDERSTAND)
+    if problem := _malformed(ds):
+        return Decision(REFUSE, problem, CANNOT_UNDERSTAND)
     facts = facts_of(ds, meta)
     if not facts.has_pixels and facts.sop_class and "Image Storage" in _sop_name(facts.sop_class):
         return Decision(REFUSE, f"{_sop_name(facts.sop_class)} without pixel data", DOES_NOT_MATCH_SOP_CLASS)
@@ -157,6 +159,24 @@ def listener_sop_classes(rules: tuple[RoutingRule, ...] = ()) -> list[str]:
     for rule in rules:
         uids += [uid for uid in rule.sop_class if uid not in uids]
     return uids
+
+
+def _malformed(ds) -> str | None:
+    """A header no later step can trust: an unknown transfer syntax, or an element that does not parse (pydicom
+    parses lazily, so a malformed element would otherwise fail storage or decoding later, not here)."""
+    from pydicom.uid import UID
+
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if not UID(syntax).is_transfer_syntax:
+        return f"unknown transfer syntax {syntax[:64]!r}"
+    try:
+        for _ in ds.file_meta.iterall():
+            pass
+        for _ in ds.iterall():
+            pass
+    except Exception as exc:  # pydicom raises many kinds on a malformed element
+        return f"malformed DICOM element: {str(exc)[:200]}"
+    return None
 
 
 def _sop_name(uid: str) -> str:

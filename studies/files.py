@@ -117,6 +117,14 @@ def _item(name: str, data: bytes, rules: tuple[RoutingRule, ...] = ()) -> Item:
     """An accepted, ignored or refused image; DICOM files carry their header attributes along."""
     if not is_dicom(data):
         return Item(name, data, check_image(data))
+    try:
+        return _dicom_item(name, data, rules)
+    except Exception as exc:  # pydicom parses lazily and raises many kinds on a hostile header: this file alone
+        return Item(name, data, f"unreadable DICOM header: {type(exc).__name__}: {str(exc)[:200]}",
+                    dicom_status=CANNOT_UNDERSTAND)
+
+
+def _dicom_item(name: str, data: bytes, rules: tuple[RoutingRule, ...]) -> Item:
     meta = header_meta(data)
     decision = route(data, meta, rules)
     if decision.action == REFUSE:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from core.services import services_of
 from core.settings import ConfigError, DicomCaller, routing_rules
 from db.models import Study
+from models.dicom import decode_dicom
 from pneumoscreen.app import create_app
 from pneumoscreen.dicom_listen import Listener
 from studies.files import expand
@@ -214,3 +215,53 @@ def test_listener_prefers_a_lossless_transfer_syntax(listener):
     assert accepted[ComputedRadiographyImageStorage] == ExplicitVRLittleEndian
     assert accepted[DigitalXRayImageStorageForPresentation] == JPEG2000Lossless
     assert accepted[BasicTextSRStorage] == JPEGBaseline8Bit  # lossy only when nothing else is offered
+
+
+def test_a_hostile_header_is_answered_at_the_door_and_what_passes_decodes(recwarn):
+    """Random bytes changed in a header: each file is screened, ignored or refused with a reason at the door,
+    never an exception; what the door lets through de-identifies and decodes, or fails as that film alone."""
+    import random
+
+    from models.dicom import deidentify
+    from worker.pipeline import _decode
+
+    base = to_bytes(dataset(chest_pixels(40, 40), WindowCenter=100, WindowWidth=200))
+    header_end, rng, passed = base.index(b"\xe0\x7f\x10\x00"), random.Random(2), 0
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(132, header_end)] = rng.randrange(256)
+        item = next(expand("hostile.dcm", bytes(data)))
+        assert (item.error is None) == (item.dicom_status is None)
+        if item.error is None and item.not_applicable is None:
+            passed += 1
+            assert _decode(deidentify(item.data)).error is None
+    assert 100 < passed < 300
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]), "pixel data is truncated"),
+    (lambda ds: setattr(ds, "BitsStored", 20), "pixel description is invalid"),
+    (lambda ds: setattr(ds, "PixelRepresentation", 7), "pixel description is invalid"),
+    (lambda ds: ds.__delattr__("PixelRepresentation"), "lacks PixelRepresentation"),
+    (lambda ds: setattr(ds, "BitsAllocated", 12), "pixel description is invalid"),
+])
+def test_broken_pixel_descriptions_are_refused_at_the_door(change, reason):
+    ds = dataset(chest_pixels())
+    change(ds)
+    [item] = expand("broken.dcm", to_bytes(ds))
+    assert item.dicom_status == 0xC000 and reason in item.error
+
+
+def test_an_empty_window_is_no_window():
+    pixels = chest_pixels()
+    [item] = expand("empty.dcm", to_bytes(dataset(pixels, WindowCenter=None, WindowWidth=None)))
+    assert item.error is None
+    expected = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    np.testing.assert_allclose(decode_dicom(item.data), expected, atol=1e-6)
+
+
+def test_an_unknown_transfer_syntax_is_refused_at_the_door():
+    data = to_bytes(dataset(chest_pixels())).replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.9.9.9\x00")
+    [item] = expand("syntax.dcm", data)
+    assert item.dicom_status == 0xC000 and "unknown transfer syntax '1.2.840.10008.9.9.9'" in item.error
