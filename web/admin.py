@@ -244,6 +244,7 @@ def tokens():
         expires = utcnow() + timedelta(days=form.expires.data) if form.expires.data else None
         issued = issue_token(db_session(), user, form.name.data, actor_id=current_user.id, expires_at=expires)
         db_session().commit()
+        form.name.data = ""  # a second press must not issue a second token with the same name
     rows = db_session().scalars(
         select(ApiToken).options(selectinload(ApiToken.user)).order_by(ApiToken.id.desc())).all()
     return render_template("admin_tokens.html", form=form, tokens=rows, issued=issued, action=ActionForm(),

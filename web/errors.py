@@ -16,6 +16,10 @@ HANDLED = (400, 403, 404, 405, 413, 429, 500)
 TITLES = {400: "This request could not be understood", 403: "This page is not for your role",
           404: "Nothing here", 405: "Not allowed this way", 413: "Too large to upload in one go",
           429: "Too many requests", 500: "Something went wrong on our side"}
+MESSAGES = {404: "The page or record you asked for does not exist, or your account may not see it.",
+            403: "Your account's role may not use this page.",
+            405: "This address does not take that kind of request.",
+            500: "internal error; it has been logged"}
 RESTORE = "restore"  # ?restore=1: keep_form.js puts back what was typed before the form was refused
 
 
@@ -36,9 +40,7 @@ def _message(error: HTTPException) -> str:
     if error.code == 413:
         limit = current_services().settings.max_upload_mb
         return f"request is larger than the {limit} MB upload limit: split it into smaller batches"
-    if error.code == 500:
-        return "internal error; it has been logged"
-    return error.description or TITLES.get(error.code, "error")
+    return MESSAGES.get(error.code) or error.description or TITLES.get(error.code, "error")
 
 
 def _error_page(error: HTTPException):

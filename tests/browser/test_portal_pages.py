@@ -182,6 +182,80 @@ def test_uploader_sees_rejected_files_after_the_page_reloads(portal, browser, up
     page.close()
 
 
+def test_a_lost_session_keeps_what_was_typed(portal, browser, uploader):
+    """The session ends while a form is filled in: login, then back on the same page with the fields restored."""
+    from playwright.sync_api import expect
+
+    base, password = portal
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    _log_in(page, base, "admin", password)
+    page.goto(f"{base}/admin/users")
+    page.fill("#username", "kept-name")
+    page.select_option("#role", "reviewer")
+    page.fill("#password", "not kept: a password")
+    context.clear_cookies()  # the session ended (idle timeout, a restart with a new secret)
+    page.click("text=Add user")
+    expect(page.locator(".flashes")).to_contain_text("Your session ended")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", password)
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{base}/admin/users")  # ?restore=1 is taken off once the form is restored
+    expect(page.locator("#username")).to_have_value("kept-name")
+    expect(page.locator("#role")).to_have_value("reviewer")
+    expect(page.locator("#password")).to_have_value("")
+    page.reload()  # restored once only
+    expect(page.locator("#username")).to_have_value("")
+    context.close()
+
+
+def test_idle_logoff_warns_a_minute_before_and_comes_back_after_login(portal, browser, uploader):
+    """With the page's clock run forward (PNEUMOSCREEN_SESSION_IDLE_MINUTES is 30 here)."""
+    from playwright.sync_api import expect
+
+    base = portal[0]
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(30_000)
+    page.clock.install()
+    _log_in(page, base, uploader, PASSWORD)
+    page.goto(f"{base}/batches?x=1")
+    expect(page.locator("#idle-warning")).to_be_hidden()
+    page.clock.fast_forward("29:10")
+    expect(page.locator("#idle-warning")).to_be_visible()
+    page.click("#idle-stay")  # activity: the count starts again
+    expect(page.locator("#idle-warning")).to_be_hidden()
+    page.clock.fast_forward("29:10")
+    expect(page.locator("#idle-warning")).to_be_visible()
+    page.clock.fast_forward("01:00")
+    page.wait_for_url(re.compile(r"/login\?next="))
+    expect(page.locator(".flashes")).to_contain_text("without activity")
+    page.fill("input[name=username]", uploader)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{base}/batches?x=1")
+    page.close()
+
+
+def test_upload_checks_the_size_before_sending(portal, browser, uploader, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(30_000)
+    _log_in(page, portal[0], uploader, PASSWORD)
+    page.goto(f"{portal[0]}/upload")
+    big = tmp_path / "big.dcm"
+    big.write_bytes(bytes(2 * 1024 * 1024))
+    page.eval_on_selector("#upload", "form => form.setAttribute('data-max-mb', '1')")  # a 1 MB limit, here only
+    page.set_input_files("#files", str(big))
+    requests = []
+    page.on("request", lambda request: requests.append(request) if request.method == "POST" else None)
+    page.click("main button[type=submit]")
+    expect(page.locator("#upload-error")).to_contain_text("over the 1.0 MB limit for one upload")
+    assert not requests and page.url.endswith("/upload")
+    page.close()
+
+
 def test_no_serious_accessibility_violations(portal, browser, uploader, axe_source):
     base, password = portal
     context = browser.new_context(viewport=VIEWPORT, bypass_csp=True)  # lets the test add axe-core to the page

@@ -3,7 +3,6 @@
 (function () {
   var form = document.getElementById('upload');
   if (!form) return;
-  var limit = Number(form.getAttribute('data-max-mb')) * 1024 * 1024;
   var dropped = [], zone = document.getElementById('dropzone');
   var chosen = document.getElementById('chosen'), errorBox = document.getElementById('upload-error');
   var JUNK = /(^|\/)(\.[^/]*|Thumbs\.db|desktop\.ini)$/i;  // hidden and system files a folder carries along
@@ -18,6 +17,8 @@
     return list.filter(function (entry) { return !JUNK.test(entry.name); });
   }
 
+  function limit() { return Number(form.getAttribute('data-max-mb')) * 1048576; }  // PNEUMOSCREEN_MAX_UPLOAD_MB
+
   function megabytes(bytes) {
     return bytes < 1048576 ? Math.ceil(bytes / 1024) + ' KB' : (bytes / 1048576).toFixed(1) + ' MB';
   }
@@ -25,8 +26,8 @@
   function summarise() {
     var list = files(), total = list.reduce(function (sum, e) { return sum + e.file.size; }, 0);
     chosen.textContent = list.length ? list.length + ' file' + (list.length === 1 ? '' : 's') + ' chosen, ' +
-      megabytes(total) + (total > limit ? ' — over the ' + megabytes(limit) + ' limit for one upload' : '') : '';
-    chosen.className = total > limit ? 'error' : '';
+      megabytes(total) + (total > limit() ? ' — over the ' + megabytes(limit()) + ' limit for one upload' : '') : '';
+    chosen.className = total > limit() ? 'error' : '';
     return {list: list, total: total};
   }
 
@@ -83,8 +84,8 @@
     event.preventDefault();
     var picked = summarise();
     if (!picked.list.length) { showError('Choose at least one image, folder or .zip file.'); return; }
-    if (picked.total > limit) {
-      showError('These files add up to ' + megabytes(picked.total) + ', over the ' + megabytes(limit) +
+    if (picked.total > limit()) {
+      showError('These files add up to ' + megabytes(picked.total) + ', over the ' + megabytes(limit()) +
                 ' limit for one upload: send them in several smaller uploads.');
       return;
     }
