@@ -1,4 +1,5 @@
-"""axe-core (from npm) for browser tests: installed once into test-output/npm (gitignored) when not present."""
+"""axe-core (from npm) for browser tests: installed once into tests/browser/node_modules (where
+tests/browser/test_portal_pages.py puts it too) when not present."""
 import os
 import shutil
 import subprocess
@@ -9,11 +10,11 @@ import pytest
 from tests.helpers import REPO
 
 AXE_VERSION = "4"
-AXE_HOME = REPO / "test-output" / "npm"
+AXE_HOME = REPO / "tests" / "browser"
 
 
 def axe_script() -> Path:
-    """axe.min.js: $AXE_CORE_JS, node_modules/ in the checkout, or `npm install axe-core` into test-output/npm."""
+    """axe.min.js: $AXE_CORE_JS, node_modules/ in the checkout, or `npm install axe-core` into tests/browser."""
     candidates = [Path(os.environ["AXE_CORE_JS"])] if os.environ.get("AXE_CORE_JS") else []
     candidates += [REPO / "node_modules/axe-core/axe.min.js", AXE_HOME / "node_modules/axe-core/axe.min.js"]
     for path in candidates:
@@ -22,8 +23,8 @@ def axe_script() -> Path:
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip("axe-core is not installed and npm is not available (apt-get install -y npm)")
-    subprocess.run([npm, "install", "--prefix", str(AXE_HOME), "--no-audit", "--no-fund", "--no-save",
-                    f"axe-core@{AXE_VERSION}"], check=True, capture_output=True, timeout=300)
+    subprocess.run([npm, "install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund", "--prefix",
+                    str(AXE_HOME), f"axe-core@{AXE_VERSION}"], check=True, capture_output=True, timeout=300)
     return candidates[-1]
 
 
