@@ -237,6 +237,33 @@ def test_idle_logoff_warns_a_minute_before_and_comes_back_after_login(portal, br
     page.close()
 
 
+def test_batch_page_polling_shows_a_stopped_worker_and_a_lost_session(portal, browser, uploader):
+    """The page's own script against answers the test shapes (page.route): a batch still running while /healthz
+    says no worker is alive, then a 401 (the session ended)."""
+    from playwright.sync_api import expect
+
+    base = portal[0]
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(30_000)
+    page.clock.install()
+    _log_in(page, base, uploader, PASSWORD)
+    batch_id = page.evaluate("() => fetch('/api/v1/batches').then(r => r.json())")["items"][0]["id"]
+    real = page.evaluate(f"() => fetch('/api/v1/batches/{batch_id}').then(r => r.json())")
+    stuck = real | {"status": "running", "percent": 50, "queued": 2, "done": 2}
+    page.route(f"**/api/v1/batches/{batch_id}", lambda route: route.fulfill(json=stuck))
+    page.route("**/healthz", lambda route: route.fulfill(json={"status": "degraded", "workers_alive": 0,
+                                                                "studies_waiting": 2}))
+    page.goto(f"{base}/batches/{batch_id}")
+    page.clock.fast_forward("00:31")
+    expect(page.locator("#worker-banner")).to_contain_text("No screening worker is running: 2 studies")
+    expect(page.locator("dd.queued")).to_have_text("2")  # counts updated in place
+    page.unroute(f"**/api/v1/batches/{batch_id}")
+    page.route(f"**/api/v1/batches/{batch_id}", lambda route: route.fulfill(status=401, json={"error": "login"}))
+    page.clock.fast_forward("00:03")
+    page.wait_for_url(re.compile(r"/login\?next=%2Fbatches%2F"))
+    page.close()
+
+
 def test_upload_checks_the_size_before_sending(portal, browser, uploader, tmp_path):
     from playwright.sync_api import expect
 
