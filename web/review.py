@@ -3,7 +3,7 @@ viewer, decisions that are safe with several readers (claims, versions, third re
 import logging
 import threading
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from markupsafe import Markup
@@ -187,6 +187,26 @@ def _names(user_ids) -> dict[int, str]:
     if not ids:
         return {}
     return dict(db_session().execute(select(User.id, User.username).where(User.id.in_(ids))).all())
+
+
+@bp.post("/<int:study_id>/claim")
+@roles_required("reviewer", "admin")
+def keep_claim(study_id: int):
+    """The open study page calls this every minute: the claim stays while the reader reads, and the page learns
+    at once when another reader decided (so the reader is warned before deciding, not after)."""
+    session = db_session()
+    found = visible_study(session, study_id)
+    if found is None:
+        abort(404)
+    flag = found.flag
+    if flag is None:
+        return jsonify(version=0, status=None, held_by=None, latest=None)
+    held_by = claim(session, flag, current_user.id) if flag.status == FlagStatus.OPEN else None
+    session.commit()
+    latest = flag.latest
+    return jsonify(version=len(flag.reviews), status=flag.status, held_by=_names([held_by]).get(held_by),
+                   latest=latest and {"decision": latest.decision, "reviewer": latest.reviewer.username,
+                                      "at": as_utc(latest.created_at).isoformat()})
 
 
 @bp.get("/<int:study_id>/film")

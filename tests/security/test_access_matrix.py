@@ -57,6 +57,7 @@ ROUTES = [
     ("GET", "/review/<int:study_id>", "/review/{study}", 200, REVIEWERS, True, None),
     ("GET", "/review/all", "/review/all", 200, REVIEWERS, False, None),
     ("GET", "/review/<int:study_id>/film", "/review/{study}/film", 200, REVIEWERS, True, None),
+    ("POST", "/review/<int:study_id>/claim", "/review/{study}/claim", 200, REVIEWERS, True, None),
     ("POST", "/review/<int:study_id>", "/review/{study}", 302, REVIEWERS, True,
      _form(decision="normal", note="matrix")),
     ("POST", "/api/v1/batches", "/api/v1/batches", 202, UPLOADERS, False, _film),

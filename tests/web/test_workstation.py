@@ -146,8 +146,17 @@ def test_an_opened_case_is_claimed_and_others_skip_it_until_the_claim_expires(ap
     assert "reviewer opened this case" in warned
     assert "reviewer reading" in second.get("/review/").data.decode()
 
+    token = re.search(r'name="csrf-token" content="([^"]+)"', warned)[1]
+    state = second.post(f"/review/{ids[1]}/claim", headers={"X-CSRFToken": token}).get_json()
+    assert state == {"version": 0, "status": "open", "held_by": "reviewer", "latest": None}
+    assert second.post(f"/review/{ids[1]}/claim").status_code == 400  # no CSRF token: refused
+
     done = _decide(second, ids[0], "normal", 0)
     assert done.headers["Location"].endswith(f"/review/{ids[2]}")  # skips the case the other reader holds
+    # The first reader's page, still open on the decided case, learns of the other read at its next call.
+    first_token = re.search(r'name="csrf-token" content="([^"]+)"', first.get(f"/review/{ids[1]}").data.decode())[1]
+    state = first.post(f"/review/{ids[0]}/claim", headers={"X-CSRFToken": first_token}).get_json()
+    assert state["version"] == 1 and state["latest"]["decision"] == "normal" and state["latest"]["reviewer"] == "admin"
     with services_of(app).sessions.begin() as session:
         flag = session.scalar(select(ReviewFlag).where(ReviewFlag.study_id == ids[1]))
         flag.claimed_until = utcnow() - timedelta(seconds=1)

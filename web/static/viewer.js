@@ -244,6 +244,24 @@
     var status = document.getElementById('readout'); status.textContent = 'Decision undone';
   }
 
+  // Keep the claim while the page is open, and warn at once when another reader decided meanwhile.
+  function keepClaim() {
+    if (document.hidden || !form) return;
+    var token = document.querySelector('meta[name=csrf-token]');
+    fetch(box.dataset.claim, {method: 'POST', credentials: 'same-origin',
+                              headers: {'X-CSRFToken': token ? token.content : '', 'Accept': 'application/json'}})
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (state) {
+        var version = form.querySelector('input[name=version]'), changed = document.getElementById('changed');
+        if (!state || !version || String(state.version) === version.value || !state.latest) return;
+        changed.textContent = 'Changed while you read: ' + state.latest.reviewer + ' recorded ' + state.latest.decision +
+          '. A decision from this page will be refused; reload to see their read.';
+        changed.hidden = false; box.dataset.changed = '1';
+      });
+  }
+  setInterval(keepClaim, 60000);
+  document.addEventListener('visibilitychange', keepClaim);
+
   document.addEventListener('keydown', function (e) {
     if (e.key === 'Escape' && pending) { e.preventDefault(); undo(); return; }
     var name = window.Shortcuts.action(e);
