@@ -1,5 +1,6 @@
 """Portal pages for readers: the queue in lanes, every result (worklist), the study page with the diagnostic
 viewer, decisions that are safe with several readers (claims, versions, third reads)."""
+import gzip
 import logging
 import threading
 
@@ -19,16 +20,7 @@ from models.limits import ImageDecodeError
 from studies.reviews import Conflict, claim, explain_flag, flag_version, holder, record_decision
 from web.auth import roles_required
 from web.context import db_session
-from web.queries import (
-    LANES,
-    copies_of,
-    lane_order,
-    queue_counts,
-    result_json,
-    review_queue,
-    study_json,
-    visible_study,
-)
+from web.queries import LANES, copies_of, lane_order, queue_counts, result_json, review_queue, study_json, visible_study
 from web.worklist import REASONS, Filters, worklist
 
 logger = logging.getLogger(__name__)
@@ -86,12 +78,12 @@ def queue():
     lane = request.args.get("lane")
     lane = lane if lane in LANES and status == FlagStatus.OPEN else None
     page = review_queue(db_session(), status, request.args.get("page", 1, type=int), lane=lane)
-    users = _names({flag.claimed_by for flag, _, _ in page.rows} | {flag.latest.reviewer_id for flag, _, _ in page.rows
-                                                                    if flag.latest})
+    flags = [flag for flag, _, _ in page.rows]
+    names = _names({flag.claimed_by for flag in flags} | {flag.latest.reviewer_id for flag in flags if flag.latest})
+    copies = copies_of(db_session(), [study.id for _, study, _ in page.rows])
     return render_template("review_queue.html", queue=page, rows=page.rows, status=status, lane=lane, lanes=LANES,
-                           counts=queue_counts(db_session()), copies=copies_of(db_session(), [s.id for _, s, _ in
-                                                                                                page.rows]),
-                           names=users, now=utcnow(), holder=holder, me=current_user.id)
+                           counts=queue_counts(db_session()), copies=copies, names=names, now=utcnow(),
+                           holder=holder, me=current_user.id)
 
 
 @bp.get("/all")
@@ -233,8 +225,6 @@ def film(study_id: int):
         FILM_DECODES.release()
     response = Response(payload, mimetype="application/octet-stream")
     if "gzip" in request.headers.get("Accept-Encoding", ""):
-        import gzip
-
         response.set_data(gzip.compress(payload, compresslevel=1))
         response.headers["Content-Encoding"] = "gzip"
     response.headers["Vary"] = "Accept-Encoding"

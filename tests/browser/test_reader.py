@@ -65,7 +65,7 @@ def _no_serious(page, what: str) -> None:
 def test_two_readers_work_the_queue_by_keyboard(portal, tmp_path, monkeypatch):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
-    base, password = portal
+    base, _ = portal
     env = {"PATH": "/usr/bin:/bin", "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var")}
     for name in ("ana", "ben"):
         _create_reader(env, tmp_path, name)

@@ -48,7 +48,7 @@ def _decide(client, study_id: int, decision: str, version: int | None, page: byt
 def _flag(app, study_id: int) -> ReviewFlag:
     with services_of(app).sessions() as session:
         flag = session.scalar(select(ReviewFlag).where(ReviewFlag.study_id == study_id))
-        flag.reviews  # load before the session closes
+        list(flag.reviews)  # load before the session closes
         return flag
 
 
