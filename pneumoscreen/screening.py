@@ -24,25 +24,29 @@ def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[s
     """
     screener = load_screener(settings.weights_dir)
     writer.writerow(columns)
-    items, counts, started = walk(paths), {"done": 0, "error": 0}, time.perf_counter()
+    items, started = walk(paths, settings.routing_rules), time.perf_counter()
+    counts = {"done": 0, "error": 0, "not_applicable": 0}
     while chunk := list(itertools.islice(items, settings.batch_size)):
-        readable = [item for item in chunk if item.error is None]
+        readable = [item for item in chunk if item.error is None and item.not_applicable is None]
         outcomes = iter(screen_files(screener, [item.data for item in readable], [point] * len(readable)))
         for item in chunk:
-            outcome = next(outcomes) if item.error is None else None
+            outcome = next(outcomes) if item.error is None and item.not_applicable is None else None
             row = _row(item, outcome)
             counts[row[1]] += 1
             writer.writerow(row)
-        total = counts["done"] + counts["error"]
+        total = sum(counts.values())
         print(f"\rscreened {total} images ({total / (time.perf_counter() - started):.1f}/s)",
               end="", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
-    total = counts["done"] + counts["error"]
+    total = sum(counts.values())
     return (f"\n{total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.1f} images/s): "
-            f"{counts['done']} done, {counts['error']} error; model {screener.name} {screener.version}")
+            f"{counts['done']} done, {counts['error']} error, {counts['not_applicable']} not applicable (not "
+            f"screened: studies/applicability.py); model {screener.name} {screener.version}")
 
 
 def _row(item: Item, outcome: Outcome | None) -> list[str]:
+    if item.not_applicable is not None:  # a CT, an SR, a colour image...: accepted by the service, not screened
+        return [safe_cell(item.name), "not_applicable", "", "", "", "", safe_cell(item.not_applicable)]
     error = item.error if outcome is None else outcome.error
     if error is not None:
         return [safe_cell(item.name), "error", "", "", "", "", safe_cell(error)]

@@ -95,6 +95,8 @@ def assess_sample(screener: Screener, sample: Iterable[tuple[int, Item]], depart
 def _decode(item: Item) -> np.ndarray | str:
     if item.error:
         return item.error
+    if item.not_applicable:
+        return f"not screened: {item.not_applicable}"
     try:
         return decode_film(item.data)
     except ImageDecodeError as exc:

@@ -143,8 +143,9 @@ def _is_junk(filename: str) -> bool:
     return filename.startswith("__MACOSX/") or base.startswith(".")
 
 
-def walk(paths: list[Path]) -> Iterator[Item]:
-    """Images under files, folders (recursive) and zip files, named by the path as found."""
+def walk(paths: list[Path], rules: tuple = ()) -> Iterator[Item]:
+    """Images under files, folders (recursive) and zip files, named by the path as found (`rules`: the site's
+    routing rules, as for `expand`)."""
     for root in paths:
         if not root.exists():
             yield Item(str(root), error="no such file or folder")

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from pneumoscreen.cli import CSV_COLUMNS, main
+from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.helpers import REPO, chest_films, zip_bytes
 
 
@@ -31,6 +32,7 @@ def test_screen_a_folder_recursively_with_a_corrupt_file(tmp_path, env):
         for name, data in films.items():
             (folder / label / name).write_bytes(data)
     (folder / "PNEUMONIA" / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 50)
+    (folder / "ct.dcm").write_bytes(to_bytes(dataset(chest_pixels(), modality="CT", view=None)))
     out = tmp_path / "results.csv"
 
     result = CliRunner().invoke(main, ["screen", str(folder), "--csv", str(out)], env=env)
@@ -38,15 +40,17 @@ def test_screen_a_folder_recursively_with_a_corrupt_file(tmp_path, env):
     assert result.exit_code == 0, result.output
     rows = _rows(out)
     assert list(rows[0]) == CSV_COLUMNS
-    assert len(rows) == 5
+    assert len(rows) == 6
     by_file = {row["file"]: row for row in rows}
+    ct = by_file[str(folder / "ct.dcm")]  # routed as the service routes it: accepted, never screened
+    assert (ct["status"], ct["probability"]) == ("not_applicable", "") and "CT" in ct["error"]
     corrupt = by_file[str(folder / "PNEUMONIA" / "corrupt.jpeg")]
     assert corrupt["status"] == "error" and corrupt["error"]
     for name in normal:
         row = by_file[str(folder / "NORMAL" / name)]
         assert row["status"] == "done" and row["prediction"] in ("NORMAL", "PNEUMONIA")
         assert 0 <= float(row["probability"]) <= 1 and row["flagged"] in ("true", "false")
-    assert "5 images" in result.output and "4 done, 1 error" in result.output
+    assert "6 images" in result.output and "4 done, 1 error, 1 not applicable" in result.output
 
 
 def test_screen_a_zip_and_a_missing_path_to_stdout(tmp_path, env):
