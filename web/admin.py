@@ -127,8 +127,9 @@ def edit_user(user_id: int):
     user = _user_or_404(user_id)
     form = EditUserForm()
     form.department.choices = _department_choices()
-    if not form.validate_on_submit():
-        abort(400)
+    if not form.validate_on_submit():  # a department deleted or renamed meanwhile, a role that does not exist
+        flash(f"{user.username}: " + " ".join(e for errors in form.errors.values() for e in errors), "error")
+        return redirect(url_for("admin.users"))
     if user.id == current_user.id and form.role.data != "admin":
         flash("You cannot take the admin role from your own account.", "error")
         return redirect(url_for("admin.users"))
@@ -150,7 +151,8 @@ def reset_user_password(user_id: int):
     user = _user_or_404(user_id)
     form = PasswordForm()
     if not form.validate_on_submit():
-        abort(400)
+        flash(f"{user.username}: type a temporary password.", "error")
+        return redirect(url_for("admin.users"))
     try:
         reset_password(db_session(), user, form.password.data, current_user.id)
     except ValueError as exc:

@@ -82,6 +82,8 @@ def test_users_get_a_department_from_the_list_and_can_be_edited(app, admin, user
         assert (user.role, user.department_id) == ("reviewer", chest)
         assert session.scalar(select(AuditEvent.detail).where(AuditEvent.action == "user.update"))["was_role"] \
             == "uploader"
+    bad = _post(admin, f"/admin/users/{uploader_id}", "/admin/users", role="superuser", department=chest)
+    assert "Not a valid choice" in admin.get(bad.headers["Location"]).data.decode()
     admin_id = _ids(app, User, User.username, "admin")
     own = _post(admin, f"/admin/users/{admin_id}", "/admin/users", role="uploader", department=0)
     assert "cannot take the admin role" in admin.get(own.headers["Location"]).data.decode()
