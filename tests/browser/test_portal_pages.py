@@ -46,7 +46,8 @@ def portal(tmp_path_factory, tiny_weights):
     threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
     base = f"http://127.0.0.1:{port}"
     try:
-        password = wait_until(lambda: re.search(r"user 'admin' with password (\S+)", "".join(output)), "admin", 60, 0.5)[1]
+        password = wait_until(lambda: re.search(r"user 'admin' with password (\S+)", "".join(output)),
+                              "admin", 60, 0.5)[1]
         wait_until(lambda: http_status(f"{base}/healthz") == 200, "the portal", 60, 0.5)
         yield base, password
     finally:

@@ -16,7 +16,7 @@ from studies.files import Item
 from studies.intake import submit_batch
 from studies.rejections import grouped, natural_key
 from studies.reviews import record_decision
-from tests.helpers import bearer, chest_films, csrf, login, zip_bytes
+from tests.helpers import bearer, chest_films, csrf, login
 from worker import pipeline
 
 
