@@ -73,8 +73,8 @@ def test_reviewer_uploads_watches_progress_and_decides_by_key(portal, tmp_path):
         page.screenshot(path=str(SHOTS / "browser-1-batch-done.png"), full_page=True)
 
         # The frontal CR film when the tiny model flagged it; the lateral-only film is flagged out_of_scope for sure.
-        frontal = page.locator("tr", has_text="chest-cr.dcm").locator("td.flag a")
-        flagged = frontal if frontal.count() else page.locator("td.flag a", has_text="out_of_scope").first
+        frontal = page.locator("tr[data-flagged='1']", has_text="chest-cr.dcm").locator("td.file a")
+        flagged = frontal if frontal.count() else page.locator("tr", has_text="lateral-only.dcm").locator("td.file a")
         study_url = flagged.get_attribute("href")
         flagged.click()
         expect(page.locator("#workstation")).to_have_attribute("data-ready", "1")
@@ -82,8 +82,8 @@ def test_reviewer_uploads_watches_progress_and_decides_by_key(portal, tmp_path):
         expect(page.locator("#workstation")).to_have_attribute("data-window-preset", "full")
         page.screenshot(path=str(SHOTS / "browser-2-study.png"), full_page=True)
 
-        page.keyboard.press("n")
-        expect(page.locator(".flashes")).to_contain_text("decision recorded")
+        page.keyboard.press("n")  # sent after the 5 s undo window
+        expect(page.locator(".flashes")).to_contain_text("decision recorded", timeout=20_000)
         page.screenshot(path=str(SHOTS / "browser-3-decided.png"), full_page=True)
         page.goto(base + study_url)
         expect(page.locator("ul.reviews")).to_contain_text("admin: normal")
