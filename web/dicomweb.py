@@ -176,14 +176,14 @@ def _store_response(stored: list, failed: list, target_study: str | None) -> str
 
     response = Dataset()
     if target_study is not None:
-        response.RetrieveURL = url_for("dicomweb_read.retrieve_study", study=target_study, _external=True)
+        response.RetrieveURL = url_for("dicomweb_read.retrieve", study=target_study, _external=True)
     if stored:
         items = []
         for uids in stored:
             item = reference(uids)
             if uids.study and uids.series and uids.instance and all(
                     UID.fullmatch(uid) for uid in (uids.study, uids.series, uids.instance)):
-                item.RetrieveURL = url_for("dicomweb_read.retrieve_instance", study=uids.study, series=uids.series,
+                item.RetrieveURL = url_for("dicomweb_read.retrieve", study=uids.study, series=uids.series,
                                            instance=uids.instance, _external=True)
             items.append(item)
         response.ReferencedSOPSequence = items

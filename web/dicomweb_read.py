@@ -284,7 +284,7 @@ def _studies(conditions: list, query: Query, offset: int, limit: int) -> list[Da
         ds.PatientSex, ds.NumberOfStudyRelatedSeries, ds.NumberOfStudyRelatedInstances = sex or "", series, instances
         if _wants(query, "PatientAge") and age:
             ds.PatientAge = age
-        ds.RetrieveURL = url_for("dicomweb_read.retrieve_study", study=uid, _external=True)
+        ds.RetrieveURL = url_for("dicomweb_read.retrieve", study=uid, _external=True)
         found.append(ds)
     return found
 
@@ -302,7 +302,7 @@ def _series(conditions: list, query: Query, offset: int, limit: int) -> list[Dat
         ds.NumberOfSeriesRelatedInstances = instances
         if _wants(query, "BodyPartExamined") and body_part:
             ds.BodyPartExamined = body_part
-        ds.RetrieveURL = url_for("dicomweb_read.retrieve_series", study=study, series=series, _external=True)
+        ds.RetrieveURL = url_for("dicomweb_read.retrieve", study=study, series=series, _external=True)
         found.append(ds)
     return found
 
@@ -348,29 +348,19 @@ def _header(storage, row: Study) -> Dataset:
 
 
 def _instance_url(row: Study, suffix: str = "") -> str:
-    return url_for("dicomweb_read.retrieve_instance", study=row.study_instance_uid, series=row.series_instance_uid,
+    return url_for("dicomweb_read.retrieve", study=row.study_instance_uid, series=row.series_instance_uid,
                    instance=row.sop_instance_uid, _external=True) + suffix
 
 
 # ---- WADO-RS ----
 
 @bp.get("/studies/<study>")
-def retrieve_study(study: str):
-    return _retrieve(_images(study))
-
-
 @bp.get("/studies/<study>/series/<series>")
-def retrieve_series(study: str, series: str):
-    return _retrieve(_images(study, series))
-
-
 @bp.get("/studies/<study>/series/<series>/instances/<instance>")
-def retrieve_instance(study: str, series: str, instance: str):
-    return _retrieve(_images(study, series, instance))
-
-
-def _retrieve(rows: list[Study]) -> Response:
-    """The stored originals as multipart/related; type="application/dicom", in their stored transfer syntax."""
+def retrieve(study: str, series: str | None = None, instance: str | None = None) -> Response:
+    """The stored originals of a study, series or instance as multipart/related; type="application/dicom", in
+    their stored transfer syntax (url_for picks the rule that takes the ids given)."""
+    rows = _images(study, series, instance)
     syntaxes = multipart_syntaxes(_accept(), "application/dicom")
     if syntaxes is None:
         _fail(406, 'instances are sent as multipart/related; type="application/dicom": accept that (or */*)')
@@ -411,22 +401,11 @@ def _part10(data: bytes) -> tuple[bytes, str]:
 
 
 @bp.get("/studies/<study>/metadata")
-def study_metadata(study: str):
-    return _metadata(_images(study))
-
-
 @bp.get("/studies/<study>/series/<series>/metadata")
-def series_metadata(study: str, series: str):
-    return _metadata(_images(study, series))
-
-
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/metadata")
-def instance_metadata(study: str, series: str, instance: str):
-    return _metadata(_images(study, series, instance))
-
-
-def _metadata(rows: list[Study]) -> Response:
+def metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     """Each instance's header as DICOM JSON: bulk data left out, PixelData as a BulkDataURI to its frames."""
+    rows = _images(study, series, instance)
     media, storage, found = _json_type(), current_services().storage, []
     for row in rows:
         header = _header(storage, row)
