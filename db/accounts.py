@@ -32,9 +32,14 @@ def ensure_department(session: Session, name: str, actor_id: int | None = None) 
     return department
 
 
+def named(name: str):
+    """A filter on Department for `name` in any case and spacing: "radiology  north" is "Radiology North"."""
+    return func.lower(Department.name) == " ".join(name.split()).lower()
+
+
 def department_named(session: Session, name: str) -> Department | None:
-    """The department called `name` in any case: "radiology north" is "Radiology North"."""
-    return session.scalar(select(Department).where(func.lower(Department.name) == " ".join(name.split()).lower()))
+    """The department called `name` in any case."""
+    return session.scalar(select(Department).where(named(name)))
 
 
 def rename_department(session: Session, department: Department, name: str, actor_id: int | None) -> None:

@@ -32,7 +32,7 @@ def check_image(data: bytes) -> str | None:
     except Image.DecompressionBombError:
         return f"image has too many pixels (over the {MAX_PIXELS:,} pixel limit): refused"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return "not a PNG or JPEG image"
+        return "not a PNG, JPEG or DICOM image"
 
 
 def _check_header(image: Image.Image) -> None:
@@ -73,7 +73,7 @@ def decode_image(data: bytes, max_side: int = DECODE_SIDE) -> np.ndarray:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a PNG or JPEG image") from None
+        raise ImageDecodeError("not a PNG, JPEG or DICOM image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     return _fit(pixels, max_side)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.services import Services
-from db.accounts import ensure_department
+from db.accounts import ensure_department, named
 from db.models import Department, SiteCalibration, utcnow
 from db.session import audit
 from models.imaging import ImageDecodeError
@@ -148,7 +148,7 @@ def propose_from_zip(services: Services, screener: Screener, storage_key: str, f
 def activate(session: Session, department_name: str, version: int, actor_id: int | None, by: str) -> SiteCalibration:
     """Make a version the department's active point (accept a proposal, roll back); LookupError when there is none."""
     record = session.scalar(select(SiteCalibration).join(Department)
-                            .where(Department.name == department_name, SiteCalibration.version == version))
+                            .where(named(department_name), SiteCalibration.version == version))
     if record is None:
         raise LookupError(f"department {department_name!r} has no operating point version {version}")
     _activate(session, record, actor_id, by)
@@ -167,7 +167,7 @@ def _activate(session: Session, record: SiteCalibration, actor_id: int | None, b
 
 def history(session: Session, department_name: str) -> list[SiteCalibration]:
     """A department's operating points, newest first."""
-    return list(session.scalars(select(SiteCalibration).join(Department).where(Department.name == department_name)
+    return list(session.scalars(select(SiteCalibration).join(Department).where(named(department_name))
                                 .order_by(SiteCalibration.version.desc())))
 
 
@@ -184,7 +184,7 @@ def active_by_department(session: Session, department_ids: set[int | None]) -> d
 def active_for(session: Session, department_name: str) -> SiteCalibration | None:
     """The named department's active point, or None (the shipped point applies)."""
     return session.scalar(select(SiteCalibration).join(Department)
-                          .where(Department.name == department_name, SiteCalibration.active.is_(True)))
+                          .where(named(department_name), SiteCalibration.active.is_(True)))
 
 
 def point_of(record: SiteCalibration) -> OperatingPoint:

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db import counters
+from db import accounts, counters
 from db.models import Department, OutboundMessage, OutboundState, ReportStatus, StudyResult, utcnow
 from db.session import audit
 
@@ -224,7 +224,7 @@ def describe(config: dict | None) -> list[str]:
 
 
 def department_named(session: Session, name: str) -> Department:
-    department = session.scalar(select(Department).where(Department.name == name.strip()))
+    department = accounts.department_named(session, name)
     if department is None:
         raise LookupError(f"no department {name!r}")
     return department

@@ -68,7 +68,7 @@ def test_a_film_over_the_cap_is_reduced_and_says_its_original_size():
 
 
 def test_what_is_no_film_is_refused_with_the_reason():
-    with pytest.raises(ImageDecodeError, match="not a PNG or JPEG"):
+    with pytest.raises(ImageDecodeError, match="not a PNG, JPEG or DICOM"):
         read_film(b"GIF89a not a film at all")
 
 

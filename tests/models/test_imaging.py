@@ -94,7 +94,7 @@ def test_check_image_at_the_door():
     png, jpeg = encode(film), encode(film, "JPEG")
     assert check_image(png) is None and check_image(jpeg) is None
     assert check_image(b"") == "empty file"
-    assert check_image(b"not an image at all") == "not a PNG or JPEG image"
+    assert check_image(b"not an image at all") == "not a PNG, JPEG or DICOM image"
     assert check_image(encode(film, "GIF")) == "unsupported image format GIF; send PNG or JPEG"
     assert "too small for a chest film" in check_image(encode(Image.new("L", (20, 300))))
     assert check_image(png[: len(png) // 2]).startswith("corrupt or truncated PNG image")

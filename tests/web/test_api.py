@@ -54,8 +54,8 @@ def test_upload_queues_good_files_and_names_each_bad_one(app, client, users):
     body = response.get_json()
     assert body["total"] == 3 and body["status"] == "queued"
     assert {r["filename"]: r["error"] for r in body["rejected"]} == {
-        "scans.zip/a/notes.txt": "not a PNG or JPEG image", "empty.png": "empty file",
-        "fake.jpeg": "not a PNG or JPEG image"}
+        "scans.zip/a/notes.txt": "not a PNG, JPEG or DICOM image", "empty.png": "empty file",
+        "fake.jpeg": "not a PNG, JPEG or DICOM image"}
     assert _queued_messages(app) == 1  # 3 studies, batch size 4: one task
     batch = client.get(f"/api/v1/batches/{body['id']}", headers=bearer(users["uploader"])).get_json()
     assert batch["status"] == "queued" and batch["done"] == 0
@@ -65,7 +65,7 @@ def test_upload_queues_good_files_and_names_each_bad_one(app, client, users):
 def test_upload_of_only_bad_files_is_422_with_reasons(client, users):
     response = _upload(client, users["uploader"], {"x.png": b"\x89PNG\r\n\x1a\n truncated"})
     assert response.status_code == 422
-    assert response.get_json()["rejected"][0]["error"] == "not a PNG or JPEG image"
+    assert response.get_json()["rejected"][0]["error"] == "not a PNG, JPEG or DICOM image"
 
 
 def test_upload_without_files_is_400(client, users):

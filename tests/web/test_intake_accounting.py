@@ -61,7 +61,7 @@ def test_rejected_files_are_recorded_counted_and_listed_in_natural_order(app, cl
     login(client, "uploader", "uploader-password")
     page = client.get(f"/batches/{body['id']}").data.decode()
     assert "2 queued, 5 rejected" in page  # the headline
-    assert "<strong>4 ×</strong> not a PNG or JPEG image" in page  # one reason, once, with its count
+    assert "<strong>4 ×</strong> not a PNG, JPEG or DICOM image" in page  # one reason, once, with its count
     assert page.index("junk2.png") < page.index("junk10.png") < page.index("junk100.png")
     assert f'<dd class="rejected">5</dd>' in page
     assert "2 queued, <span" in client.get("/batches").data.decode()
@@ -70,7 +70,7 @@ def test_rejected_files_are_recorded_counted_and_listed_in_natural_order(app, cl
     assert exported.status_code == 200 and exported.mimetype == "text/csv"
     rows = list(csv.reader(io.StringIO(exported.data.decode("utf-8-sig"))))
     assert rows[0] == ["batch_id", "filename", "reason"] and len(rows) == 6
-    assert rows[2] == [str(body["id"]), "junk1.png", "not a PNG or JPEG image"]
+    assert rows[2] == [str(body["id"]), "junk1.png", "not a PNG, JPEG or DICOM image"]
 
 
 def test_a_batch_of_only_refused_files_is_still_recorded(app, client, users):

@@ -52,7 +52,7 @@ def test_upload_a_zip_then_see_results_and_review(app, client, stub_screener):
 
     assert response.status_code == 200
     assert b"3 queued, 1 rejected" in response.data  # the headline; the refused file is listed on the batch
-    assert b"<li>films.zip/study/x.txt</li>" in response.data and b"not a PNG or JPEG image" in response.data
+    assert b"<li>films.zip/study/x.txt</li>" in response.data and b"not a PNG, JPEG or DICOM image" in response.data
     assert b'class="bar big"' in response.data
     with services.sessions() as session:
         ids = session.scalars(select(Study.id)).all()
