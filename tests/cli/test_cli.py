@@ -65,7 +65,7 @@ def test_screen_a_zip_and_a_missing_path_to_stdout(tmp_path, env):
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     by_file = {row["file"]: row for row in rows}
     assert {by_file[f"{archive}/scans/{name}"]["status"] for name in films} == {"done"}
-    assert by_file[f"{archive}/scans/readme.txt"]["error"] == "not a PNG or JPEG image"
+    assert by_file[f"{archive}/scans/readme.txt"]["error"] == "not a PNG, JPEG or DICOM image"
     assert "nested zip" in by_file[f"{archive}/inner.zip"]["error"]
     assert by_file[str(tmp_path / "nope")]["error"] == "no such file or folder"
 

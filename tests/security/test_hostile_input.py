@@ -52,7 +52,7 @@ def test_oversize_file_is_refused_and_the_rest_goes_on(monkeypatch):
     assert len(big) > 1000
     [item] = expand("big.png", big)
     assert "per-file limit" in item.error
-    assert [i.error for i in expand("small.png", b"x" * 10)] == ["not a PNG or JPEG image"]
+    assert [i.error for i in expand("small.png", b"x" * 10)] == ["not a PNG, JPEG or DICOM image"]
 
 
 def test_request_over_the_limit_answers_413_with_a_message(app, users):
