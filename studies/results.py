@@ -125,7 +125,7 @@ def _refresh(session: Session, result: StudyResult, images: list[Study]) -> bool
 
 
 class _Content(NamedTuple):
-    """What a report says; a change of any of it is a new version."""
+    """What a report says; a change of any of it is a new version (open flags count through the status)."""
 
     status: str
     scope: str
@@ -135,12 +135,11 @@ class _Content(NamedTuple):
     decided_by_image_id: int | None
     review_decision: str | None
     reviewer_id: int | None
-    open_flags: int
 
 
 def _fingerprint(result: StudyResult) -> _Content:
     return _Content(result.status, result.scope, result.call, result.probability, result.threshold,
-                    result.decided_by_image_id, result.review_decision, result.reviewer_id, result.open_flags)
+                    result.decided_by_image_id, result.review_decision, result.reviewer_id)
 
 
 def _compute(result: StudyResult, images: list[Study], before: _Content) -> None:
@@ -161,9 +160,13 @@ def _compute(result: StudyResult, images: list[Study], before: _Content) -> None
         result.scope = _scope_without_frontal(images, finished)
     flags = [image.flag for image in images if image.flag is not None]
     result.open_flags = sum(flag.status == FlagStatus.OPEN for flag in flags)
-    reviews = sorted((review for flag in flags for review in flag.reviews), key=lambda review: review.id)
-    result.review_decision = reviews[-1].decision if reviews else None
-    result.reviewer_id = reviews[-1].reviewer_id if reviews else None
+    # Two readers disagreed and a third read is pending: nothing is reported of the dispute until it is settled.
+    if any(flag.status == FlagStatus.OPEN and FlagReason.THIRD_READ in flag.reasons for flag in flags):
+        result.review_decision, result.reviewer_id = before.review_decision, before.reviewer_id
+    else:
+        reviews = sorted((review for flag in flags for review in flag.reviews), key=lambda review: review.id)
+        result.review_decision = reviews[-1].decision if reviews else None
+        result.reviewer_id = reviews[-1].reviewer_id if reviews else None
     result.status = _status(result, finished, waiting, before)
 
 

@@ -200,4 +200,21 @@ def test_the_study_page_shows_the_report_and_where_it_was_sent(app):
     [image] = _send(services, user, {"a.dcm": _film("PA", AccessionNumber="ACC-7")}, StubScreener())  # flagged
     page = app.test_client().get(f"/review/{image}", headers=bearer(token)).get_data(as_text=True)
     assert "ACC-7" in page and "preliminary, version 2" in page
-    assert "<td>HL7</td><td>2</td><td>ris.north.example:2575</td><td class=\"state-pending\">pending</td>" in page
+    assert "<td>HL7</td><td>2</td><td>mllp://ris.north.example:2575</td><td class=\"state-pending\">pending</td>" in page
+
+
+def test_a_disputed_read_is_not_reported_until_the_third_reader_settles_it(app):
+    services = services_of(app)
+    user = _department_user(services, "North")
+    [image] = _send(services, user, {"a.dcm": _film("PA")}, StubScreener())  # NORMAL, flagged near threshold
+    with services.sessions.begin() as session:
+        readers = [create_user(session, f"reader{n}", "reviewer", None).id for n in range(3)]
+    reported = []
+    for reader, decision in zip(readers, ("normal", "pneumonia", "pneumonia")):
+        with services.sessions.begin() as session:
+            record_decision(session, session.get(Study, image), reader, decision, "")
+        result = _result(services, image)
+        reported.append((result.status, result.version, result.review_decision))
+    # The first read finalises; the second contradicts it (a third read opens, nothing new is reported);
+    # the third settles it and corrects the report.
+    assert reported == [("final", 3, "normal"), ("final", 3, "normal"), ("corrected", 4, "pneumonia")]
