@@ -14,6 +14,7 @@ from db.models import UNFINISHED, Study, Worker, heartbeat_cutoff
 from web import admin, api, auth, batches, calibration, dicomweb, dicomweb_read, exports, fhir, metrics, qa, review
 from web.context import close_db_session, csrf, drop_db_session
 from web.errors import init_errors, wants_json
+from web.times import init_times
 
 logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -41,6 +42,7 @@ def init_web(app: Flask) -> None:
     app.after_request(_security_headers)
     metrics.init_app(app)  # counts every request (after_request) for /metrics
     app.teardown_appcontext(_end_request)
+    init_times(app)  # the `when`, `since` and `fromiso` template filters
     init_errors(app)  # branded 400/403/404/413/500 pages, JSON under /api/ and /dicomweb/; CSRF expiry to login
     app.register_error_handler(OperationalError, _database_down)
     app.add_url_rule("/healthz", "healthz", healthz)

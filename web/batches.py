@@ -1,7 +1,6 @@
 """Portal pages for uploaders: upload files, folders or zips, watch batches progress, see results and what was
 refused (every file handed over is accounted for)."""
 import logging
-from datetime import datetime
 
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, send_file, url_for
 from flask_login import current_user, login_required
@@ -26,12 +25,6 @@ bp = Blueprint("batches", __name__)
 def study_image_exists(study_id: int, kind: str) -> bool:
     """Whether a derived picture was made (the heatmap only when the model provides one)."""
     return kind in DERIVED_KINDS and current_services().storage.has_derived(study_id, kind)
-
-
-@bp.app_template_filter("fromiso")
-def from_iso(text: str | None) -> datetime | None:
-    """An ISO 8601 time from the JSON a page shares with the API, back to a datetime (for the `when` filter)."""
-    return datetime.fromisoformat(text) if text else None
 
 
 class UploadForm(FlaskForm):

@@ -7,7 +7,6 @@ import threading
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from markupsafe import Markup
 from sqlalchemy import select
 from wtforms import IntegerField, TextAreaField
 from wtforms.validators import NumberRange, Optional
@@ -42,21 +41,6 @@ def _queue_counts() -> dict:
     if not current_user.is_authenticated or current_user.role not in ("reviewer", "admin"):
         return {}
     return {"review_counts": queue_counts(db_session())}
-
-
-@bp.app_template_filter("when")
-def when(moment) -> Markup:
-    """A time in UTC, marked up so web/static/times.js shows it in the reader's own zone."""
-    if moment is None:
-        return Markup("")
-    moment = as_utc(moment)
-    return Markup('<time datetime="{}">{} UTC</time>').format(moment.isoformat(), moment.strftime("%Y-%m-%d %H:%M"))
-
-
-@bp.app_template_filter("since")
-def since(moment) -> float:
-    """Seconds from `moment` to now."""
-    return (utcnow() - as_utc(moment)).total_seconds()
 
 
 @bp.app_template_filter("waited")

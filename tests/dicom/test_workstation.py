@@ -22,16 +22,16 @@ def test_review_page_heatmap_toggle_and_keys(app, users):
                        [study_id])
     login(client, "reviewer", "reviewer-password")
     page = client.get(f"/review/{study_id}").get_data(as_text=True)
-    assert 'id="workstation"' in page and "viewer.js" in page and 'data-key="p"' in page
-    assert "out_of_scope" in page and "heatmap-toggle" in page  # the pipeline stores a Grad-CAM overlay
+    assert 'id="workstation"' in page and "viewer.js" in page and 'data-shortcut="pneumonia"' in page
+    assert "<b>out of scope</b>" in page and "data-heatmap=" in page  # the pipeline stores a Grad-CAM overlay
     services.storage.path(services.storage.put_derived(study_id, "heatmap", b"")).unlink()
     page = client.get(f"/review/{study_id}").get_data(as_text=True)
-    assert "heatmap-toggle" not in page
+    assert "data-heatmap=" not in page and 'id="heat-mode"' not in page
     assert client.get(f"/studies/{study_id}/heatmap.png").status_code == 404
 
     services.storage.put_derived(study_id, "heatmap", to_png(chest_pixels() / 4095.0))
     page = client.get(f"/review/{study_id}").get_data(as_text=True)
-    assert "heatmap-toggle" in page and f"/studies/{study_id}/heatmap.png" in page
+    assert 'id="heat-mode"' in page and f"/studies/{study_id}/heatmap.png" in page
     image = client.get(f"/studies/{study_id}/heatmap.png")
     assert image.status_code == 200 and image.data[:4] == b"\x89PNG"
     batch_page = client.get(f"/batches/{session_batch(app, study_id)}").get_data(as_text=True)

@@ -86,22 +86,25 @@ def test_metrics_follow_the_database(app, users):
     client = app.test_client()
     _upload(client, users["uploader"], {"frontal.dcm": to_bytes(dataset(chest_pixels())),
                                         "lateral.dcm": to_bytes(dataset(chest_pixels(), view="LL")),
-                                        "broken.dcm": to_bytes(dataset(chest_pixels()))[:-2000]})
+                                        "lost.dcm": to_bytes(dataset(chest_pixels(rows=90)))})
     before = samples(scrape(client))
     assert before[("pneumoscreen_queue_depth", ())] == 3
     assert before[("pneumoscreen_studies", (("status", "queued"),))] == 3
 
     services = services_of(app)
+    with services.sessions() as session:  # its stored file lost (a broken volume): the worker ends it in error
+        lost = session.scalar(select(Study).where(Study.filename.like("%lost.dcm")))
+        services.storage.path(lost.storage_key).unlink()
     _screen(app, pipeline.load_screener(services.settings.weights_dir))
     families = scrape(client)
     after = samples(families)
     assert after[("pneumoscreen_queue_depth", ())] == 0
     assert after[("pneumoscreen_results_total", (("model", "tiny-cnn"), ("model_version", "0.0.0+tiny")))] == 2
-    assert after[("pneumoscreen_study_errors_total", (("reason", "unreadable"),))] == 1
+    assert after[("pneumoscreen_study_errors_total", (("reason", "file_missing"),))] == 1
     assert after[("pneumoscreen_flags", (("reason", "out_of_scope"), ("state", "open")))] == 1
     assert after[("pneumoscreen_flags_raised_total", (("reason", "out_of_scope"),))] == 1
     assert after[("pneumoscreen_studies_per_second", ())] == 3 / 300
-    assert after[("pneumoscreen_result_latency_seconds_count", ())] == 2  # the two read; the broken one erred
+    assert after[("pneumoscreen_result_latency_seconds_count", ())] == 2  # the two read; the lost one erred
     assert after[("pneumoscreen_screening_seconds_count", ())] == 3
     assert after[("pneumoscreen_result_latency_seconds_sum", ())] > 0
 
