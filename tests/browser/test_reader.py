@@ -150,7 +150,7 @@ def test_two_readers_work_the_queue_by_keyboard(portal, tmp_path, monkeypatch): 
 
         # Ana, whose page predates Ben's read, decides normal: refused, Ben's read shown.
         ana.keyboard.press("n")
-        conflict = ana.locator(".banner.conflict")
+        conflict = ana.locator(".banner.conflict:not([hidden])")
         expect(conflict).to_contain_text("ben", timeout=20_000)
         expect(conflict).to_contain_text("pneumonia")
         ana.screenshot(path=str(SCREENSHOTS / "review-conflict.png"))
