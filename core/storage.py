@@ -11,6 +11,8 @@ logger = logging.getLogger(__name__)
 _KEY = re.compile(r"^(originals/[0-9a-f]{2}/[0-9a-f]{64}|derived/\d+/[a-z]+\.png)$")
 # Pictures made from a study for people: the film view, a thumbnail, the lung crop, the model's heatmap.
 DERIVED_KINDS = ("thumb", "view", "crop", "heatmap")
+# The model's attention map, kept by the worker so the heatmap can be drawn later (studies/pictures.py).
+ATTENTION = "attention"
 
 
 class Storage:
@@ -57,6 +59,6 @@ class Storage:
 
 
 def _derived_key(study_id: int, kind: str) -> str:
-    if kind not in DERIVED_KINDS:
+    if kind not in DERIVED_KINDS and kind != ATTENTION:
         raise ValueError(f"not a derived picture: {kind!r}")
     return f"derived/{int(study_id)}/{kind}.png"

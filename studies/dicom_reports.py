@@ -24,10 +24,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from core.storage import Storage
 from db.models import Department, OutboundMessage, OutboundState, ReportStatus, Study, StudyResult, User, as_utc
+from studies.pictures import picture
 from studies.reviews import explain_flag
 
 logger = logging.getLogger(__name__)
@@ -284,19 +285,21 @@ def secondary_capture(session: Session, storage: Storage, result: StudyResult) -
 
 def render(storage: Storage, image: Study, result: StudyResult) -> np.ndarray:
     """The film view with the heatmap screened over it and a band of text below, as RGB uint8."""
-    if not storage.has_derived(image.id, "view"):
-        raise ValueError(f"image {image.id} has no film view in storage: it was never screened")
-    film = Image.open(storage.derived_path(image.id, "view")).convert("RGB")
+    # A copy of an earlier upload shows its original's pictures.
+    source = object_session(image).get(Study, image.duplicate_of_id) if image.duplicate_of_id else image
+    view, heatmap = picture(storage, source, "view"), picture(storage, source, "heatmap")
+    if view is None:
+        raise ValueError(f"image {image.id} has no film view: it was never screened, or its original is gone")
+    film = Image.open(view).convert("RGB")
     scale = SC_SIDE / max(film.size)
     film = film.resize((round(film.width * scale), round(film.height * scale)), Image.Resampling.BILINEAR)
     pixels = np.asarray(film, dtype=np.float32) / 255.0
-    if storage.has_derived(image.id, "heatmap"):
-        heat = Image.open(storage.derived_path(image.id, "heatmap")).convert("RGB").resize(film.size,
-                                                                                           Image.Resampling.BILINEAR)
+    if heatmap is not None:
+        heat = Image.open(heatmap).convert("RGB").resize(film.size, Image.Resampling.BILINEAR)
         # Screen blend, as the workstation shows it (black heat leaves the film as it is), at HEAT_OPACITY so the
         # anatomy under the hottest spot still shows.
         pixels = 1.0 - (1.0 - pixels) * (1.0 - HEAT_OPACITY * np.asarray(heat, dtype=np.float32) / 255.0)
-    lines = _caption(image, result, heatmap=storage.has_derived(image.id, "heatmap"))
+    lines = _caption(image, result, heatmap=heatmap is not None)
     font = ImageFont.load_default(size=max(14, film.width // 36))
     line_height = int(font.size * 1.35)
     canvas = Image.new("RGB", (film.width, film.height + line_height * len(lines) + line_height // 2))

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from core.storage import DERIVED_KINDS, Storage
+from core.storage import ATTENTION, DERIVED_KINDS, Storage
 from db.models import FINISHED, DicomPending, Study, utcnow
 from db.session import audit
+from studies.pictures import make_all
 
 logger = logging.getLogger(__name__)
 CHUNK = 500
@@ -63,12 +64,14 @@ def purge_originals(sessions: sessionmaker[Session], storage: Storage, older_tha
             report.kept_recent += 1  # handed over again: a study referring to it may be on its way in
             continue
         if not dry_run:
+            if not derived:  # the pictures people open stay: make those nobody opened yet, while the film is here
+                _keep_pictures(sessions, storage, key)
             path.unlink(missing_ok=True)
         gone.append(key)
         report.files += 1
         report.bytes += stat.st_size
     for study_id in old_ids:
-        for kind in DERIVED_KINDS:
+        for kind in (*DERIVED_KINDS, ATTENTION):
             picture = storage.derived_path(study_id, kind)
             if picture.exists():
                 report.derived += 1
@@ -88,6 +91,13 @@ def purge_originals(sessions: sessionmaker[Session], storage: Storage, older_tha
     logger.info("purge of originals finished over %d days ago%s: %s", older_than_days,
                 " (dry run)" if dry_run else "", asdict(report))
     return report
+
+
+def _keep_pictures(sessions: sessionmaker[Session], storage: Storage, key: str) -> None:
+    with sessions() as session:
+        for study in session.scalars(select(Study).where(Study.storage_key == key, Study.duplicate_of_id.is_(None))
+                                     .options(selectinload(Study.prediction))):
+            make_all(storage, study)
 
 
 def _in_use(session: Session, keys: list[str], cutoff: datetime) -> set[str]:

@@ -10,8 +10,9 @@ from sqlalchemy import select
 from core.csvcells import csv_text
 from core.services import current_services
 from core.storage import DERIVED_KINDS
-from db.models import Batch
+from db.models import Batch, Study
 from studies.intake import submit_uploads
+from studies.pictures import can_make, picture
 from studies.rejections import grouped, rejections_of
 from web.auth import roles_required
 from web.context import db_session
@@ -23,8 +24,9 @@ bp = Blueprint("batches", __name__)
 
 @bp.app_template_global()
 def study_image_exists(study_id: int, kind: str) -> bool:
-    """Whether a derived picture was made (the heatmap only when the model provides one)."""
-    return kind in DERIVED_KINDS and current_services().storage.has_derived(study_id, kind)
+    """Whether the study has (or can have) this picture: the heatmap only when the model made one."""
+    study = db_session().get(Study, study_id)
+    return study is not None and can_make(current_services().storage, study, kind)
 
 
 class UploadForm(FlaskForm):
@@ -109,8 +111,9 @@ def study_image(study_id: int, kind: str):
     study = visible_study(db_session(), study_id)
     if study is None or kind not in DERIVED_KINDS:
         abort(404)
-    # A duplicate upload shows the pictures made for the first copy of the same file.
-    path = current_services().storage.derived_path(study.duplicate_of_id or study.id, kind)
-    if not path.exists():
+    # A duplicate upload shows the pictures of the first copy of the same file; made now if not yet.
+    source = db_session().get(Study, study.duplicate_of_id) if study.duplicate_of_id else study
+    path = picture(current_services().storage, source, kind)
+    if path is None:
         abort(404)
     return send_file(path, mimetype="image/png", max_age=0)

@@ -10,17 +10,28 @@ import numpy as np
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.storage import Storage
+from core.storage import ATTENTION, Storage
 from db.models import (
-    FINISHED, UNFINISHED, Batch, Prediction, ReviewFlag, Study, StudyStatus, Worker, as_utc, heartbeat_cutoff, utcnow)
+    FINISHED,
+    UNFINISHED,
+    Batch,
+    Prediction,
+    ReviewFlag,
+    Study,
+    StudyStatus,
+    Worker,
+    as_utc,
+    heartbeat_cutoff,
+    utcnow,
+)
 from db.session import audit
-from models.heatmap import heatmap_png
-from models.imaging import ImageDecodeError, to_png
+from models.imaging import ImageDecodeError
 from models.operating_point import OperatingPoint
 from models.reasons import FlagReason
 from models.screener import Finding, Screener, decode_film
 from studies.calibrations import active_by_department, point_of
 from studies.duplicates import resolve_duplicates
+from studies.pictures import attention_png
 from studies.qa import draw, shares_by_department
 from studies.results import refresh_many
 from studies.scope import scope_reasons
@@ -29,8 +40,6 @@ from worker.heartbeat import current_worker_id
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-THUMB_SIDE = 128
-CROP_SIDE = 256
 
 
 @dataclass
@@ -96,8 +105,7 @@ def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Scree
         for (_, missing), outcome in zip(blobs, outcomes):
             if missing:
                 outcome.error = missing
-        # Pictures for people, encoded on both cores (Pillow and zlib release the GIL).
-        list(pool.map(functools.partial(_pictures, storage), (claim.study_id for claim in claimed), outcomes))
+        list(pool.map(functools.partial(_attention, storage), (claim.study_id for claim in claimed), outcomes))
     return _record(sessions, screener, claimed, outcomes)
 
 
@@ -111,15 +119,11 @@ def _stored(storage: Storage, claim: "_Claim") -> tuple[bytes, str | None]:
         return b"", "stored file is missing"
 
 
-def _pictures(storage: Storage, study_id: int, outcome: Outcome) -> None:
-    if outcome.finding is None:
-        return
-    storage.put_derived(study_id, "thumb", to_png(outcome.image, THUMB_SIDE))
-    storage.put_derived(study_id, "view", to_png(outcome.image))
-    storage.put_derived(study_id, "crop", to_png(outcome.finding.crop, CROP_SIDE))
-    if outcome.finding.heatmap is not None:  # the workstation overlays it on the film view
-        storage.put_derived(study_id, "heatmap", heatmap_png(
-            outcome.finding.heatmap, outcome.finding.crop_box, outcome.image.shape))
+def _attention(storage: Storage, study_id: int, outcome: Outcome) -> None:
+    """Keep the model's attention map; the pictures people look at are made when first asked for
+    (studies/pictures.py)."""
+    if outcome.finding is not None and outcome.finding.heatmap is not None:
+        storage.put_derived(study_id, ATTENTION, attention_png(outcome.finding.heatmap))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ def test_review_page_heatmap_toggle_and_keys(app, users):
     page = client.get(f"/review/{study_id}").get_data(as_text=True)
     assert 'id="workstation"' in page and "viewer.js" in page and 'data-shortcut="pneumonia"' in page
     assert "<b>out of scope</b>" in page and "data-heatmap=" in page  # the pipeline stores a Grad-CAM overlay
-    services.storage.path(services.storage.put_derived(study_id, "heatmap", b"")).unlink()
+    # A model that made no attention map: no heatmap to offer.
+    services.storage.derived_path(study_id, "attention").unlink()
     page = client.get(f"/review/{study_id}").get_data(as_text=True)
     assert "data-heatmap=" not in page and 'id="heat-mode"' not in page
     assert client.get(f"/studies/{study_id}/heatmap.png").status_code == 404

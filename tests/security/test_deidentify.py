@@ -24,6 +24,7 @@ from models.dicom import decode_dicom, deidentify, header_meta
 from models.limits import ImageDecodeError
 from pneumoscreen.app import create_app
 from pneumoscreen.dicom_listen import Listener
+from studies.pictures import picture
 from tests.dicom.factory import SECRET_ID, SECRET_NAME, chest_pixels, dataset, j2k, to_bytes
 from tests.helpers import StubScreener, bearer, free_port
 from worker import pipeline
@@ -202,7 +203,8 @@ def test_upload_stores_deidentified_and_finds_the_resent_instance(app, users, ca
                                                                                               "F", "PA")
     assert not leaked(stored) and np.array_equal(decode_dicom(stored), decode_dicom(received))
     pipeline.run_batch(services.sessions, services.storage, StubScreener(), [one.id])
-    assert services.storage.has_derived(one.id, "view")
+    with services.sessions() as session:  # the pictures people open, made as a page would ask for them
+        assert all(picture(services.storage, session.get(Study, one.id), kind) for kind in ("thumb", "view", "crop"))
     for path in _stored_files(services):  # originals and derived pictures alike
         assert not leaked(path.read_bytes()), path
     assert not leaked(caplog.text.encode())

@@ -147,3 +147,26 @@ def test_sweeper_applies_the_retention_setting(shelf):
     [event] = _purge_events(services)
     assert event.detail["by"] == "sweeper" and event.detail["files"] == 2
     assert not services.storage.path(_key(services, ids["old"])).exists()
+
+
+def test_pictures_nobody_opened_yet_are_made_before_the_original_goes(app, users):
+    """The worker keeps only the model's attention map; a purge makes the pictures people open from the film
+    while it is still there, so the study page still shows the film, its crop and heatmap afterwards."""
+    from studies.pictures import picture
+    from worker import pipeline
+
+    services = services_of(app)
+    with services.sessions() as session:
+        user_id = session.scalar(select(User.id).where(User.username == "uploader"))
+    study_id = _submit(services, user_id, {"old.jpeg": chest_film(71)})["old.jpeg"]
+    pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir),
+                       [study_id])
+    assert not services.storage.has_derived(study_id, "view") and services.storage.has_derived(study_id, "attention")
+    _finish(services, [study_id], 40)
+    _age_file(services, study_id, 40)
+    assert purge_originals(services.sessions, services.storage, DAYS).files == 1
+    assert not services.storage.path(_key(services, study_id)).exists()
+    with services.sessions() as session:
+        study = session.get(Study, study_id)
+        for kind in ("thumb", "view", "crop", "heatmap"):
+            assert picture(services.storage, study, kind).stat().st_size > 100

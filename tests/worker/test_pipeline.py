@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from core.services import services_of
 from db.models import AuditEvent, Batch, Prediction, ReviewFlag, Study, User
 from models.reasons import FlagReason
+from studies.pictures import picture
 from tests.helpers import chest_film, chest_films, png_bytes
 from worker import pipeline
 
@@ -52,8 +53,11 @@ def test_run_batch_stores_results_errors_and_pictures(services):
             assert study.prediction.model_version == screener.version
             assert 0.0 <= study.prediction.probability <= 1.0
             assert study.prediction.prediction in ("PNEUMONIA", "NORMAL")
-            for kind in ("thumb", "view", "crop"):
-                assert services.storage.path(f"derived/{study.id}/{kind}.png").stat().st_size > 100
+            # The worker keeps the model's map; the pictures people open are made when first asked for.
+            assert services.storage.has_derived(study.id, "attention")
+            assert not services.storage.has_derived(study.id, "thumb")
+            for kind in ("thumb", "view", "crop", "heatmap"):
+                assert picture(services.storage, study, kind).stat().st_size > 100
         # Whatever the untrained model flags is stored with valid reasons and audited, one event a flag.
         flags = session.scalars(select(ReviewFlag)).all()
         assert all(flag.reasons and set(flag.reasons) <= set(FlagReason) for flag in flags)
