@@ -98,6 +98,9 @@ def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Scree
     their own queue messages find them finished and skip them. `heartbeat_s`: the workers' heartbeat interval.
     """
     claimed = _claim(sessions, study_ids, qa_share, fill_to, heartbeat_s)
+    if not claimed:  # all done already (another task took them into its batch): nothing to write either
+        logger.info("batch of %d studies: nothing left to screen", len(study_ids))
+        return {"done": 0, "error": 0, "skipped": 0}
     with ThreadPoolExecutor(max_workers=2) as pool:
         blobs = list(pool.map(functools.partial(_stored, storage), claimed))
         outcomes = screen_files(screener, [blob for blob, _ in blobs], [claim.point for claim in claimed]) \
