@@ -52,30 +52,29 @@ def attach(session: Session, batch: Batch, images: Iterable[Study]) -> set[int]:
     """Give each new image of `batch` its study result (made when new); returns the result ids touched.
 
     Two uploads of one study may arrive at once: the result row is inserted with ON CONFLICT DO NOTHING on its
-    key and then read, so both end up in the same row."""
-    touched, by_key = set(), {}
+    key and then read, so both end up in the same row. Images without a StudyInstanceUID are studies of their
+    own: their rows are inserted together, in one flush."""
+    images = list(images)
+    keys = {image.id: group_key(batch.department_id, batch.created_by, image.study_instance_uid) for image in images}
+    alone = [image for image in images if keys[image.id] is None]
+    results = {image.id: StudyResult(department_id=batch.department_id) for image in alone}
+    session.add_all(results.values())
+    session.flush()
+    by_key: dict[str, StudyResult] = {}
     for image in images:
-        key = group_key(batch.department_id, batch.created_by, image.study_instance_uid)
-        result = by_key.get(key) if key else None
-        if result is None:
-            result = _result_for(session, key, batch.department_id, image)
-            if key:
-                by_key[key] = result
+        key = keys[image.id]
+        if key is not None and key not in by_key:
+            by_key[key] = _result_for(session, key, batch.department_id, image)
+        result = by_key[key] if key is not None else results[image.id]
         image.study_result_id = result.id
         for column in ("accession_number", "study_date", "acquired_at"):
             if getattr(result, column) is None and getattr(image, column) is not None:
                 setattr(result, column, getattr(image, column))
-        touched.add(result.id)
     session.flush()
-    return touched
+    return {image.study_result_id for image in images}
 
 
-def _result_for(session: Session, key: str | None, department_id: int | None, image: Study) -> StudyResult:
-    if key is None:
-        result = StudyResult(department_id=department_id)
-        session.add(result)
-        session.flush()
-        return result
+def _result_for(session: Session, key: str, department_id: int | None, image: Study) -> StudyResult:
     dialect = {"postgresql": postgresql, "sqlite": sqlite}[session.bind.dialect.name]
     session.execute(dialect.insert(StudyResult).values(
         group_key=key, department_id=department_id, study_instance_uid=image.study_instance_uid,
