@@ -292,7 +292,8 @@ def test_no_serious_accessibility_violations(portal, browser, uploader, axe_sour
     _log_in(page, base, "admin", password)
     batch = page.evaluate("() => fetch('/api/v1/batches').then(r => r.json())")["items"]
     paths = ["/upload", "/batches", "/admin/users", "/admin/departments", "/admin/tokens", "/admin/audit",
-             "/batches/999999"] + ([f"/batches/{batch[0]['id']}"] if batch else [])
+             "/admin/audit?tab=security", "/admin/calibration", "/qa", "/review/", "/review/?status=closed",
+             "/review/all", "/batches/999999"] + ([f"/batches/{batch[0]['id']}"] if batch else [])
     found = {}
     for path in paths:
         page.goto(base + path)
