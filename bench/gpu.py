@@ -81,7 +81,7 @@ def main() -> None:
                 (Path(folder) / f"{i:04d}.jpeg").write_bytes(data)
             summary = screen_to_csv([Path(folder)], Settings.from_env({"PNEUMOSCREEN_BATCH_SIZE": "128"}),
                                     csv.writer(io.StringIO()), ["name"])
-        print(f"pneumoscreen screen over {len(full)} full-size films:{summary}")
+        print(f"pneumoscreen screen over the {len(full)} films of kermany-fullsize (original sizes):{summary}")
 
 
 if __name__ == "__main__":

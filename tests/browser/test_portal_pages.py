@@ -10,15 +10,13 @@ axe-core comes from npm at test time into tests/browser/node_modules (ignored by
 import json
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, chest_films, free_port, http_status, wait_until, zip_bytes
+from tests.browser.portal import running_portal
+from tests.helpers import REPO, chest_films, zip_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -36,23 +34,9 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_weights):
-    """`pneumoscreen up` on a free port: yields (base url, admin password); Ctrl-C at the end."""
-    home, port = tmp_path_factory.mktemp("portal"), free_port()
-    env = {"PATH": "/usr/bin:/bin", "PNEUMOSCREEN_DATA_DIR": str(home / "var"),
-           "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights), "PNEUMOSCREEN_BATCH_SIZE": "4"}
-    process = subprocess.Popen([sys.executable, "-m", "pneumoscreen", "up", "--port", str(port)], cwd=home,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        password = wait_until(lambda: re.search(r"user 'admin' with password (\S+)", "".join(output)),
-                              "admin", 60, 0.5)[1]
-        wait_until(lambda: http_status(f"{base}/healthz") == 200, "the portal", 60, 0.5)
-        yield base, password
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+    """`pneumoscreen up` for the module's tests: (base url, admin password)."""
+    with running_portal(tmp_path_factory.mktemp("portal"), tiny_weights) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ def _films() -> dict[str, bytes]:
         pixels = chest_pixels(400 + 16 * i, 360, bits=12)
         films[f"lateral-{i}.dcm"] = to_bytes(dataset(pixels, view="LL", AccessionNumber=f"ACC{i}", PatientSex="F",
                                                      StudyDate="20261128"))
-    frontal = chest_pixels(1200, 1000, bits=12) + np.random.default_rng(0).integers(0, 40, (1200, 1000)).astype(np.uint16)
+    noise = np.random.default_rng(0).integers(0, 40, (1200, 1000)).astype(np.uint16)
+    frontal = chest_pixels(1200, 1000, bits=12) + noise
     films["frontal.dcm"] = to_bytes(dataset(frontal, WindowCenter=2000, WindowWidth=2500, AccessionNumber="ACC9"))
     return films
 

@@ -3,17 +3,13 @@
 Runs `pneumoscreen up` on the embedded default and Debian's Chromium through Playwright.
 Screenshots go to test-output/ (gitignored).
 """
-import re
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.browser.portal import running_portal
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
-from tests.helpers import REPO, chest_films, free_port, http_status, wait_until, zip_bytes
+from tests.helpers import REPO, chest_films, zip_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -27,22 +23,9 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture
 def portal(tmp_path, tiny_weights):
-    """`pneumoscreen up` on a free port: yields (base url, admin password); Ctrl-C at the end."""
-    port = free_port()
-    env = {"PATH": "/usr/bin:/bin", "PNEUMOSCREEN_DATA_DIR": str(tmp_path / "var"),
-           "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights), "PNEUMOSCREEN_BATCH_SIZE": "4"}
-    process = subprocess.Popen([sys.executable, "-m", "pneumoscreen", "up", "--port", str(port)], cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        password = wait_until(lambda: re.search(r"user 'admin' with password (\S+)", "".join(output)), "admin", 60, 0.5)[1]
-        wait_until(lambda: http_status(f"{base}/healthz") == 200, "the portal", 60, 0.5)
-        yield base, password
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+    """`pneumoscreen up` for one test: (base url, admin password)."""
+    with running_portal(tmp_path, tiny_weights) as running:
+        yield running
 
 
 def test_reviewer_uploads_watches_progress_and_decides_by_key(portal, tmp_path):
