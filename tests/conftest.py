@@ -42,7 +42,7 @@ def _pg_url(name: str) -> str:
     return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def database_url(request, tmp_path) -> str:
     """A migrated, empty database of each kind the project supports."""
     if request.param == "sqlite":
