@@ -14,9 +14,19 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                         HTJ2KLossless, HTJ2KLosslessRPCL, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLossless,
-                         JPEGLosslessSV1, JPEGLSLossless, RLELossless)
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import delete, func, select
@@ -27,9 +37,9 @@ from db import counters
 from db.accounts import create_user, ensure_department
 from db.models import DicomPending, User, utcnow
 from db.session import audit
-from studies.files import MAX_FILE_BYTES, Item, expand
 from models.limits import ImageDecodeError
 from studies.applicability import error_comment, listener_sop_classes
+from studies.files import MAX_FILE_BYTES, Item, expand
 from studies.intake import store_original, submit_batch
 
 logger = logging.getLogger(__name__)

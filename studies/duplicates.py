@@ -46,8 +46,8 @@ def _first_copies(session: Session, studies: list[Study]) -> dict[tuple[int | No
         rows = session.execute(
             select(Study, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
             .where(Study.content_sha256.in_(hashes[start:start + LOOKUP_CHUNK]), Study.duplicate_of_id.is_(None),
-                   Study.status != StudyStatus.ERROR, Study.not_applicable.is_(None), or_(*(Batch.department_id.is_not_distinct_from(department)
-                                                           for department in departments)))
+                   Study.status != StudyStatus.ERROR, Study.not_applicable.is_(None),
+                   or_(*(Batch.department_id.is_not_distinct_from(department) for department in departments)))
             .order_by(Study.id)).all()
         for study, department_id in rows:
             first.setdefault((department_id, study.content_sha256), study)

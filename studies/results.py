@@ -37,9 +37,6 @@ from studies.scope import header_in_scope, is_frontal, readable
 
 logger = logging.getLogger(__name__)
 
-SETTLED = (ReportStatus.FINAL, ReportStatus.AMENDED, ReportStatus.CORRECTED)
-
-
 def group_key(department_id: int | None, created_by: int, study_instance_uid: str | None) -> str | None:
     """The key images of one DICOM study share: per department, or per uploader without one."""
     if not study_instance_uid:

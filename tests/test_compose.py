@@ -5,9 +5,8 @@ import subprocess
 import sys
 import tomllib
 
-import yaml
-
 import requests
+import yaml
 
 from pneumoscreen.cli import main
 from tests.helpers import REDIS_URL, REPO, free_port, wait_until

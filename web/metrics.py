@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session
 
 from core.services import current_services
 from db import counters
-from db.models import (
-    FINISHED, UNFINISHED, OutboundMessage, Prediction, Review, ReviewFlag, Study, StudyStatus, utcnow)
+from db.models import FINISHED, UNFINISHED, OutboundMessage, Prediction, Review, ReviewFlag, Study, StudyStatus, utcnow
 from studies.drift import Week, weekly
 from studies.qa import MissRate, miss_rates
 from web.qa import current_reference

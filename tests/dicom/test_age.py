@@ -73,6 +73,7 @@ def test_screen_cli_applies_the_header_rules_file_by_file(tmp_path, tiny_weights
     assert result.exit_code == 0, result.output
     rows = {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader(io.StringIO(result.stdout))}
     for name in ("adult.dcm", "lateral.dcm"):
-        assert (rows[name]["status"], rows[name]["flagged"], rows[name]["flag_reason"]) == ("done", "true", "out_of_scope")
+        row = rows[name]
+        assert (row["status"], row["flagged"], row["flag_reason"]) == ("done", "true", "out_of_scope")
     assert rows["ct.dcm"]["status"] == "not_applicable"  # routed as the service routes it: never screened
     assert "out_of_scope" not in rows["child.dcm"]["flag_reason"]

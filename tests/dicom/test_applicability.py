@@ -6,11 +6,21 @@ import json
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1,
-                         generate_uid)
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    generate_uid,
+)
 from pynetdicom import AE
-from pynetdicom.sop_class import (BasicTextSRStorage, ComputedRadiographyImageStorage,
-                                  DigitalXRayImageStorageForPresentation, RTPlanStorage)
+from pynetdicom.sop_class import (
+    BasicTextSRStorage,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    RTPlanStorage,
+)
 from sqlalchemy import select
 
 from core.services import services_of

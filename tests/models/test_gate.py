@@ -7,8 +7,18 @@ import pytest
 from models.imaging import decode_image
 from models.reasons import FlagReason
 from models.scope import STATS, ScopeModel, fit_scope
-from training.gate import (DRESSINGS, HOLDOUT_SHARE, SCOPE_GROUPS, choose_limit, dress, fit_learned, gate_inputs,
-                           list_scope, scope_split, widen_guard)
+from training.gate import (
+    DRESSINGS,
+    HOLDOUT_SHARE,
+    SCOPE_GROUPS,
+    choose_limit,
+    dress,
+    fit_learned,
+    gate_inputs,
+    list_scope,
+    scope_split,
+    widen_guard,
+)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
 SAMPLE = 120

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 from sqlalchemy import select

@@ -63,7 +63,7 @@ def test_metadata_and_bulk_data_bodies_and_bad_study_uids_are_refused(app, users
             "Content-Type": f'multipart/related; type="application/dicom+json"; boundary={boundary}'})
         assert response.status_code == 415 and "metadata" in response.get_json()["error"]
     bad = client.post("/dicomweb/studies/1.2.abc", data=b"x", headers={
-        **bearer(users["uploader"]), "Content-Type": f'multipart/related; type="application/dicom"; boundary=b'})
+        **bearer(users["uploader"]), "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
     assert bad.status_code == 400
     assert client.post("/dicomweb/studies/1.2.3", data=b"x").status_code == 401
     assert _stored_uids(app) == set()

@@ -63,7 +63,7 @@ def test_rejected_files_are_recorded_counted_and_listed_in_natural_order(app, cl
     assert "2 queued, 5 rejected" in page  # the headline
     assert "<strong>4 ×</strong> not a PNG, JPEG or DICOM image" in page  # one reason, once, with its count
     assert page.index("junk2.png") < page.index("junk10.png") < page.index("junk100.png")
-    assert f'<dd class="rejected">5</dd>' in page
+    assert '<dd class="rejected">5</dd>' in page
     assert "2 queued, <span" in client.get("/batches").data.decode()
 
     exported = client.get(f"/api/v1/batches/{body['id']}/rejections.csv")
