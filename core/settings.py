@@ -167,6 +167,12 @@ def _int(env: Mapping[str, str], name: str, default: int | None, low: int, high:
     return value
 
 
+def is_ae_title(title: str) -> bool:
+    """A DICOM AE title (PS3.5 VR AE): 1 to 16 printable ASCII characters, no backslash (the one rule for callers,
+    the PACS we send to and our own calling title)."""
+    return 1 <= len(title) <= 16 and all(" " <= c <= "~" and c != "\\" for c in title)
+
+
 def dicom_callers(raw: str) -> tuple[DicomCaller, ...]:
     """PNEUMOSCREEN_DICOM_CALLERS: `AE=Department[@address,address];...`, e.g. `PACS1=Radiology@10.1.2.3;CR2=ICU`."""
     callers = []
@@ -176,7 +182,7 @@ def dicom_callers(raw: str) -> tuple[DicomCaller, ...]:
         title, department = title.strip(), department.strip()
         if not sep or not title or not department:
             raise ConfigError(f"PNEUMOSCREEN_DICOM_CALLERS entry {entry!r} must read AE=Department[@address,...]")
-        if len(title) > 16 or "\\" in title or not title.isprintable():
+        if not is_ae_title(title):
             raise ConfigError(f"PNEUMOSCREEN_DICOM_CALLERS: {title!r} is not a DICOM AE title (1-16 characters)")
         if any(caller.ae_title == title for caller in callers):
             raise ConfigError(f"PNEUMOSCREEN_DICOM_CALLERS names {title!r} twice")

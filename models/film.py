@@ -145,7 +145,7 @@ def encode_film(film: Film) -> bytes:
     return MAGIC + struct.pack("<I", len(header)) + header + film.pixels.astype("<u2", copy=False).tobytes()
 
 
-def decode_film(payload: bytes) -> tuple[dict, np.ndarray]:
+def unpack_film(payload: bytes) -> tuple[dict, np.ndarray]:
     """The inverse of encode_film (tests, scripts)."""
     if payload[:4] != MAGIC:
         raise ValueError("not a pneumoscreen film")

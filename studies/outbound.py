@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from core.settings import is_ae_title
 from db import accounts, counters
 from db.models import Department, OutboundMessage, OutboundState, ReportStatus, StudyResult, utcnow
 from db.session import audit
@@ -82,7 +83,7 @@ def _mapping(value: object, what: str, allowed: set[str]) -> dict:
 def check_ae_title(value: object) -> str:
     """A DICOM AE title: 1-16 printable ASCII characters, no backslash (DICOM PS3.5 AE)."""
     title = value.strip() if isinstance(value, str) else ""
-    if not 1 <= len(title) <= 16 or not all(" " <= c <= "~" and c != "\\" for c in title):
+    if not is_ae_title(title):
         raise ValueError(f"AE title must be 1 to 16 printable ASCII characters without a backslash: {value!r}")
     return title
 

@@ -13,6 +13,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.status import code_to_category
 
+from core.settings import is_ae_title
+
 logger = logging.getLogger(__name__)
 
 CALLING_AE = "PNEUMOSCREEN"
@@ -59,8 +61,8 @@ def _checked(destination: dict) -> tuple[str, str, int, str]:
     host, port = str(destination.get("host") or "").strip(), destination.get("port")
     problems = []
     for label, title in (("ae_title", called), ("calling_ae", calling)):
-        if not 0 < len(title) <= 16 or not title.isascii() or "\\" in title:
-            problems.append(f"{label} must be 1-16 ASCII characters without a backslash, not {title!r}")
+        if not is_ae_title(title):
+            problems.append(f"{label} must be 1-16 printable ASCII characters without a backslash, not {title!r}")
     if not host:
         problems.append("no host")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:

@@ -103,8 +103,7 @@ def run_batch(sessions: sessionmaker[Session], storage: Storage, screener: Scree
         return {"done": 0, "error": 0, "skipped": 0}
     with ThreadPoolExecutor(max_workers=2) as pool:
         blobs = list(pool.map(functools.partial(_stored, storage), claimed))
-        outcomes = screen_files(screener, [blob for blob, _ in blobs], [claim.point for claim in claimed]) \
-            if claimed else []
+        outcomes = screen_files(screener, [blob for blob, _ in blobs], [claim.point for claim in claimed])
         for (_, missing), outcome in zip(blobs, outcomes):
             if missing:
                 outcome.error = missing

@@ -1,11 +1,12 @@
-"""The film for the diagnostic viewer: original values at their bit depth, DICOM window and rescale kept, bounded size."""
+"""The film for the diagnostic viewer: original values at their bit depth, DICOM window and rescale kept, bounded
+size."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from models.film import decode_film, encode_film, read_film
+from models.film import encode_film, read_film, unpack_film
 from models.limits import ImageDecodeError
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.helpers import chest_film, data_dir
@@ -15,7 +16,7 @@ def test_a_12_bit_dicom_keeps_every_value_and_its_window():
     pixels = chest_pixels(300, 260, bits=12)
     pixels[0, 0], pixels[1, 1] = 4095, 1  # values a window would clip
     film = read_film(to_bytes(dataset(pixels, WindowCenter=1800, WindowWidth=900)))
-    header, served = decode_film(encode_film(film))
+    header, served = unpack_film(encode_film(film))
     assert served.dtype == np.dtype("<u2") and np.array_equal(served, pixels)
     assert header["bits"] == 12 and header["dicom_window"] and header["presets"]["default"] == [1800.0, 900.0]
     assert (header["width"], header["height"], header["invert"]) == (260, 300, False)
@@ -27,7 +28,7 @@ def test_a_12_bit_dicom_keeps_every_value_and_its_window():
 def test_rescale_and_signed_values_are_sent_as_slope_and_intercept():
     pixels = chest_pixels(120, 100, bits=12).astype(np.int16) - 2048  # signed stored values
     ds = dataset(pixels, signed=True, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=-300, WindowWidth=1000)
-    header, served = decode_film(encode_film(read_film(to_bytes(ds))))
+    header, served = unpack_film(encode_film(read_film(to_bytes(ds))))
     real = served * header["slope"] + header["intercept"]
     assert np.array_equal(real, pixels.astype(np.float64) * 2 - 100)
     center, width = header["presets"]["default"]
@@ -37,7 +38,7 @@ def test_rescale_and_signed_values_are_sent_as_slope_and_intercept():
 
 def test_monochrome1_is_marked_for_inversion_and_its_lung_window_is_the_bright_end():
     pixels = 4095 - chest_pixels(200, 180, bits=12)  # MONOCHROME1: lungs are high values
-    header, _ = decode_film(encode_film(read_film(to_bytes(dataset(pixels, photometric="MONOCHROME1")))))
+    header, _ = unpack_film(encode_film(read_film(to_bytes(dataset(pixels, photometric="MONOCHROME1")))))
     assert header["invert"] and not header["dicom_window"]
 
     def edges(name):
@@ -46,7 +47,7 @@ def test_monochrome1_is_marked_for_inversion_and_its_lung_window_is_the_bright_e
 
     assert edges("lung")[1] == edges("full")[1] == 4095 - 819  # the dark (high) end: lungs
     ramp = (np.mgrid[0:200, 0:180][1] * 20).astype(np.uint16)  # MONOCHROME2, every grey level as common
-    header, _ = decode_film(encode_film(read_film(to_bytes(dataset(ramp)))))
+    header, _ = unpack_film(encode_film(read_film(to_bytes(dataset(ramp)))))
     assert edges("lung")[0] == edges("full")[0] == 0 and edges("lung")[1] < 0.8 * edges("full")[1]
 
 
@@ -54,15 +55,15 @@ def test_a_16_bit_png_keeps_its_values_and_an_8_bit_jpeg_says_8_bits():
     values = (np.arange(64 * 80, dtype=np.uint32).reshape(64, 80) * 13 % 65536).astype(np.uint16)
     buffer = io.BytesIO()
     Image.fromarray(values).save(buffer, format="PNG")
-    header, served = decode_film(encode_film(read_film(buffer.getvalue())))
+    header, served = unpack_film(encode_film(read_film(buffer.getvalue())))
     assert header["bits"] == 16 and np.array_equal(served * header["slope"] + header["intercept"], values)
-    header, served = decode_film(encode_film(read_film(chest_film(size=300))))
+    header, served = unpack_film(encode_film(read_film(chest_film(size=300))))
     assert header["bits"] == 8 and header["kind"] == "jpeg" and served.max() <= 255 and served.shape == (300, 300)
 
 
 def test_a_film_over_the_cap_is_reduced_and_says_its_original_size():
     pixels = chest_pixels(900, 700, bits=12)
-    header, served = decode_film(encode_film(read_film(to_bytes(dataset(pixels)), max_side=300)))
+    header, served = unpack_film(encode_film(read_film(to_bytes(dataset(pixels)), max_side=300)))
     assert served.shape == (300, 233) and (header["original_width"], header["original_height"]) == (700, 900)
     assert abs(float(served.mean()) - float(pixels.mean())) < 20  # box-filtered, not clipped or rescaled
 
@@ -74,6 +75,6 @@ def test_what_is_no_film_is_refused_with_the_reason():
 
 def test_the_real_films_decode_at_full_size():
     folder = data_dir("dicom")
-    header, served = decode_film(encode_film(read_film((folder / "RG1_J2KI.dcm").read_bytes())))
+    header, served = unpack_film(encode_film(read_film((folder / "RG1_J2KI.dcm").read_bytes())))
     assert (header["width"], header["height"]) == (1841, 1955) and header["bits"] > 8
     assert served.max() > 255 and header["dicom_window"]

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from core.services import services_of
 from db.accounts import create_user
 from db.models import AuditEvent, Batch, Prediction, ReviewFlag, Study, StudyResult, User, utcnow
-from models.film import decode_film
+from models.film import unpack_film
 from studies import intake
 from studies.files import expand
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
@@ -59,7 +59,7 @@ def test_the_film_comes_at_its_bit_depth_to_readers_only(app, users):
     reader = _reader(app, "reviewer")
 
     plain = reader.get(f"/review/{ids[0]}/film")
-    header, served = decode_film(plain.data)
+    header, served = unpack_film(plain.data)
     assert plain.status_code == 200 and np.array_equal(served, pixels) and header["bits"] == 12
     assert header["presets"]["default"] == [2000.0, 1500.0]
     packed = reader.get(f"/review/{ids[0]}/film", headers={"Accept-Encoding": "gzip, deflate"})
@@ -119,7 +119,8 @@ def test_a_stale_decision_is_refused_and_a_disagreement_goes_to_a_third_reader(a
     refused = _decide(first, study_id, "pneumonia", 0, first_page)
     assert refused.status_code == 409
     text = refused.data.decode()
-    assert "Not recorded" in text and "admin" in text and "<b>normal</b>" in text and 'name="version" type="hidden" value="1"' in text
+    assert "Not recorded" in text and "admin" in text and "<b>normal</b>" in text
+    assert 'name="version" type="hidden" value="1"' in text
     assert [review.decision for review in _flag(app, study_id).reviews] == ["normal"]
 
     assert _decide(first, study_id, "pneumonia", 1, refused.data).status_code == 302  # a deliberate second read
