@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, object_session
 from core.storage import Storage
 from db.models import Department, OutboundMessage, OutboundState, ReportStatus, Study, StudyResult, User, as_utc
 from studies.pictures import picture
+from studies.results import CALL_CODES
 from studies.reviews import explain_flag
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,7 @@ DISCLAIMER = "AI screening \u2014 not a diagnosis"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SC_SIDE = 1024  # the film is scaled to this longest side so the burnt-in text stays legible
 HEAT_OPACITY = 0.7
-CALLS = {"PNEUMONIA": hd.sr.CodedConcept("233604007", "SCT", "Pneumonia"),
-         "NORMAL": hd.sr.CodedConcept("17621005", "SCT", "Normal")}
+CALLS = {call: hd.sr.CodedConcept(code, "SCT", display) for call, (code, display) in CALL_CODES.items()}
 # No standard concept names these; "99" coding schemes are private by DICOM's rules (PS3.16 8.2).
 FLAG_REASON = hd.sr.CodedConcept("flag-reason", "99PNEUMOSCREEN", "Reason for human review")
 REPORT_STATUS = hd.sr.CodedConcept("report-status", "99PNEUMOSCREEN", "Report status")

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from db.models import FlagStatus, ReportStatus, Review, StudyResult, User, as_utc
+from studies.results import CALL_CODES
 
 logger = logging.getLogger(__name__)
 
@@ -18,9 +19,8 @@ SYSTEM = "urn:pneumoscreen"  # our own codes: there is no LOINC code for a model
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
-CALLS = {"PNEUMONIA": ("233604007", "Pneumonia"), "NORMAL": ("17621005", "Normal")}
 # Reviewer decisions: SNOMED findings; "unreadable" has no finding code, so it is our own code.
-DECISIONS = {"pneumonia": (SNOMED, "233604007", "Pneumonia"), "normal": (SNOMED, "17621005", "Normal"),
+DECISIONS = {"pneumonia": (SNOMED, *CALL_CODES["PNEUMONIA"]), "normal": (SNOMED, *CALL_CODES["NORMAL"]),
              "unreadable": (SYSTEM, "unreadable", "Image unreadable for this screening")}
 ACCESSION_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN",
                               "display": "Accession ID"}]}
@@ -70,11 +70,11 @@ def diagnostic_report(session: Session, result: StudyResult) -> dict:
                              "text": "call threshold"}]))
         contained.append(_observation(
             "call", obs_status, _concept("Pneumonia screening call", SYSTEM, "pneumonia-call"), device,
-            valueCodeableConcept=_concept(result.call, SNOMED, *CALLS[result.call])))
+            valueCodeableConcept=_concept(result.call, SNOMED, *CALL_CODES[result.call])))
         conclusion.append(f"Model call {result.call} (probability {result.probability:.3f}, threshold "
                           f"{result.threshold:.3f}) from image {result.decided_by_image_id}.")
         if result.review_decision is None:
-            conclusion_codes.append(_concept(f"Model call: {result.call}", SNOMED, *CALLS[result.call]))
+            conclusion_codes.append(_concept(f"Model call: {result.call}", SNOMED, *CALL_CODES[result.call]))
     else:
         conclusion.append(OUT_OF_SCOPE_TEXT.get(result.scope, result.scope))
     flagged = [image for image in images if image.flag is not None]

@@ -19,6 +19,7 @@ from datetime import datetime
 import hl7
 
 from db.models import ReportStatus, StudyResult, as_utc
+from studies.results import CALL_CODES
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ MAX_ACK_BYTES = 64 * 1024  # a RIS's ACK is a few hundred bytes; a peer that str
 # OBR-25 / OBX-11 result status (HL7 table 0123 / 0085).
 RESULT_STATUS = {ReportStatus.PRELIMINARY: "P", ReportStatus.FINAL: "F", ReportStatus.AMENDED: "C",
                  ReportStatus.CORRECTED: "C", ReportStatus.CANCELLED: "X"}
-CALLS = {"PNEUMONIA": "233604007^Pneumonia^SCT", "NORMAL": "17621005^Normal^SCT"}
+CALLS = {call: f"{code}^{display}^SCT" for call, (code, display) in CALL_CODES.items()}
 DECISIONS = {"pneumonia": CALLS["PNEUMONIA"], "normal": CALLS["NORMAL"], "unreadable": "unreadable^Unreadable^L"}
 _SEPARATORS = hl7.parse("MSH|^~\\&|PNEUMOSCREEN")  # what Message.escape needs to know the delimiters
 
