@@ -112,10 +112,10 @@ def check_dicom(data: bytes) -> str | None:
         ds = read_dataset(data)  # parsing is cheap: pixels are only decoded by pixel_array
     except ImageDecodeError as exc:
         return str(exc)
-    return _header_problem(ds)
+    return header_problem(ds)
 
 
-def _header_problem(ds) -> str | None:
+def header_problem(ds) -> str | None:
     if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
         return "DICOM file has no image (no pixel data): send the radiograph, not a report or structure"
     if missing := [keyword for keyword in _PIXEL_MODULE if ds.get(keyword) in (None, "")]:
@@ -159,7 +159,7 @@ def decode_dicom(data: bytes) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = read_dataset(data)
-    problem = _header_problem(ds)
+    problem = header_problem(ds)
     if problem:
         raise ImageDecodeError(problem)
     try:
@@ -188,7 +188,7 @@ def _grayscale(ds, stored: np.ndarray, apply_modality_lut, apply_voi_lut) -> np.
         out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         pixels = _stretch(values.astype(np.float32), 0.0, float(2 ** out_bits - 1))
     elif ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
-        pixels = _window(values.astype(np.float32), _first(ds.WindowCenter), _first(ds.WindowWidth))
+        pixels = _window(values.astype(np.float32), first_number(ds.WindowCenter), first_number(ds.WindowWidth))
     else:
         # No window: the minimum to maximum of the values used, as PACS JPEG exports and viewers show such
         # films (bench/voi_rendering.py: on 60 full-size films mean |p - p_JPEG| 0.0002, against 0.010 for the
@@ -212,7 +212,7 @@ def _padding(ds, stored: np.ndarray) -> np.ndarray | None:
     return (stored >= min(value, limit)) & (stored <= max(value, limit))
 
 
-def _first(value) -> float:
+def first_number(value) -> float:
     """Window centre/width may be multi-valued: the first is the default view."""
     return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
 

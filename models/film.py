@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from models.dicom import _first, _header_problem, is_dicom, read_dataset
+from models.dicom import first_number, header_problem, is_dicom, read_dataset
 from models.imaging import check_image
 from models.limits import ImageDecodeError
 
@@ -55,7 +55,7 @@ def _read_dicom(data: bytes) -> Film:
     from pydicom.pixels import apply_modality_lut
 
     ds = read_dataset(data)
-    problem = _header_problem(ds)
+    problem = header_problem(ds)
     if problem:
         raise ImageDecodeError(problem)
     try:
@@ -93,7 +93,7 @@ def _dicom_window(ds) -> tuple[float, float] | None:
     """The header's default view in real units: WindowCenter/Width, or the input range of a VOI LUT."""
     try:
         if "WindowCenter" in ds and "WindowWidth" in ds:
-            return _first(ds.WindowCenter), max(1.0, _first(ds.WindowWidth))
+            return first_number(ds.WindowCenter), max(1.0, first_number(ds.WindowWidth))
         if "VOILUTSequence" in ds:
             entries, first, _ = (int(value) for value in ds.VOILUTSequence[0].LUTDescriptor)
             entries = entries or 65536
