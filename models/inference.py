@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.calibration import Calibration
+from models.fold import fold_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def _member_pass(classifier):
     import keras
     import tensorflow as tf
 
+    classifier = fold_batchnorm(classifier)
     pool = next(layer for layer in classifier.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
     dense = classifier.layers[-1]
     dropout = next((layer for layer in classifier.layers if isinstance(layer, keras.layers.Dropout)), None)

@@ -4,6 +4,7 @@ import logging
 import numpy as np
 
 from models.crop import CropBox, crop_batch, mask_to_box, resize_batch
+from models.fold import fold_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -11,9 +12,11 @@ INPUT_SIZE = 128
 
 
 def compiled(model):
-    """A traced-once `model(x, training=False)` for any batch size (no per-call retracing)."""
+    """A traced-once `model(x, training=False)` for any batch size (no per-call retracing), batch norms
+    folded into their convolutions (models/fold.py)."""
     import tensorflow as tf
 
+    model = fold_batchnorm(model)
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
     return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
