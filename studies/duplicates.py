@@ -18,9 +18,10 @@ def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
     """Point each study at an earlier one with the same content in the same department; returns the ids
     needing no inference. Never across departments: each has its own operating point and its own results."""
     held, studies = set(), sorted(studies, key=lambda study: study.id)
-    first = _first_copies(session, studies)
+    departments = _departments(session, studies)
+    first = _first_copies(session, studies, departments)
     for study in studies:
-        original = first.get((_department(session, study.batch_id), study.content_sha256))
+        original = first.get((departments[study.batch_id], study.content_sha256))
         if original is None or original.id >= study.id:
             continue
         study.duplicate_of_id = original.id
@@ -31,23 +32,28 @@ def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
     return held
 
 
-def _department(session: Session, batch_id: int) -> int | None:
-    batch = session.get(Batch, batch_id)  # from the identity map after the first look
-    return batch.department_id
+def _departments(session: Session, studies: list[Study]) -> dict[int, int | None]:
+    """Batch id -> its department, in one query (not a lookup per study: the session holds loaded rows only
+    weakly, so a batch looked up and dropped is fetched again for the next study)."""
+    batch_ids = {study.batch_id for study in studies}
+    if not batch_ids:
+        return {}
+    return dict(session.execute(select(Batch.id, Batch.department_id).where(Batch.id.in_(batch_ids))).all())
 
 
-def _first_copies(session: Session, studies: list[Study]) -> dict[tuple[int | None, str], Study]:
+def _first_copies(session: Session, studies: list[Study],
+                  departments: dict[int, int | None]) -> dict[tuple[int | None, str], Study]:
     """(department, content hash) -> the earliest study that can answer for that content, in a few queries
     (one per LOOKUP_CHUNK hashes) however many studies arrive: a large upload holds its transaction briefly."""
     first: dict[tuple[int | None, str], Study] = {}
     hashes = sorted({study.content_sha256 for study in studies})
-    departments = {_department(session, study.batch_id) for study in studies}
+    wanted = set(departments.values())
     for start in range(0, len(hashes), LOOKUP_CHUNK):
         rows = session.execute(
             select(Study, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
             .where(Study.content_sha256.in_(hashes[start:start + LOOKUP_CHUNK]), Study.duplicate_of_id.is_(None),
                    Study.status != StudyStatus.ERROR, Study.not_applicable.is_(None),
-                   or_(*(Batch.department_id.is_not_distinct_from(department) for department in departments)))
+                   or_(*(Batch.department_id.is_not_distinct_from(department) for department in wanted)))
             .order_by(Study.id)).all()
         for study, department_id in rows:
             first.setdefault((department_id, study.content_sha256), study)

@@ -30,6 +30,9 @@ def test_duplicates_of_a_large_upload_cost_a_few_queries_and_stay_in_the_departm
     other, _ = intake.submit_batch(services, _items(300), users[1], "api")  # another department: no link
     lookups = [s for s in statements if "content_sha256 IN" in s]
     assert 0 < len(lookups) <= 10  # chunks of 150 studies, one lookup each
+    # Every statement of the intake, not only the lookups, is per chunk: 910 films, 7 chunks.
+    batch_reads = [s for s in statements if "FROM batches" in s]
+    assert len(batch_reads) <= 2 * 7, len(batch_reads)
     with services.sessions() as session:
         linked = session.scalars(select(Study.duplicate_of_id).where(Study.batch_id == second.id)
                                  .order_by(Study.id)).all()
