@@ -3,7 +3,7 @@ import logging
 from typing import Iterable
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from db.models import UNFINISHED, Batch, FlagStatus, Prediction, Review, ReviewFlag, Study, StudyStatus, utcnow
 from db.session import audit
@@ -12,6 +12,8 @@ from studies.results import refresh_many
 
 logger = logging.getLogger(__name__)
 LOOKUP_CHUNK = 500
+# What copy_result reads of an original, loaded with it: one query for all, not one per copy.
+ANSWER = (selectinload(Study.prediction), selectinload(Study.flag))
 
 
 def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
@@ -54,7 +56,7 @@ def _first_copies(session: Session, studies: list[Study],
             .where(Study.content_sha256.in_(hashes[start:start + LOOKUP_CHUNK]), Study.duplicate_of_id.is_(None),
                    Study.status != StudyStatus.ERROR, Study.not_applicable.is_(None),
                    or_(*(Batch.department_id.is_not_distinct_from(department) for department in wanted)))
-            .order_by(Study.id)).all()
+            .order_by(Study.id).options(*ANSWER)).all()
         for study, department_id in rows:
             first.setdefault((department_id, study.content_sha256), study)
     return first
@@ -66,9 +68,13 @@ def resolve_duplicates(session: Session, original_ids: list[int]) -> int:
     waiting = session.scalars(
         select(Study).where(Study.duplicate_of_id.in_(original_ids),
                             Study.status.in_(UNFINISHED)).with_for_update()).all()
+    if not waiting:
+        return 0
+    originals = {original.id: original for original in session.scalars(
+        select(Study).where(Study.id.in_({study.duplicate_of_id for study in waiting})).options(*ANSWER))}
     resolved = []
     for study in waiting:
-        original = session.get(Study, study.duplicate_of_id)
+        original = originals[study.duplicate_of_id]
         if original.status == StudyStatus.DONE:
             copy_result(session, original, study)
         elif original.status == StudyStatus.ERROR:
