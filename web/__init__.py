@@ -11,7 +11,22 @@ from werkzeug.routing import IntegerConverter
 from core.logs import bind, unbind
 from core.services import current_services
 from db.models import UNFINISHED, Study, Worker, heartbeat_cutoff
-from web import admin, api, auth, batches, calibration, dicomweb, dicomweb_read, exports, fhir, metrics, qa, review
+from web import (
+    admin,
+    api,
+    auth,
+    batches,
+    calibration,
+    dicomweb,
+    dicomweb_read,
+    dicomweb_retrieve,  # noqa: F401 (imported for its routes, on dicomweb_read.bp)
+    dicomweb_search,  # noqa: F401 (imported for its routes, on dicomweb_read.bp)
+    exports,
+    fhir,
+    metrics,
+    qa,
+    review,
+)
 from web.context import close_db_session, csrf, drop_db_session
 from web.errors import init_errors, wants_json
 from web.times import init_times

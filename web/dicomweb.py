@@ -1,6 +1,7 @@
 """DICOMweb STOW-RS (PS3.18 10.5): a PACS or modality posts instances; each is answered stored or failed.
 
-Also the protocol pieces the read side (web/dicomweb_read.py) shares: UID checks, Accept parsing, multipart.
+Also the protocol pieces the read side (web/dicomweb_search.py, web/dicomweb_retrieve.py) shares: UID checks,
+Accept parsing, multipart.
 """
 import logging
 import re
