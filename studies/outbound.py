@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import re
 from datetime import datetime
-from typing import Iterable
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
@@ -28,7 +27,6 @@ from db.session import audit
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("sr", "sc", "hl7", "fhir")
 DICOM_KINDS = ("sr", "sc")
 # A result with something to say; `registered` (images arrived, nothing read) stays home.
 SENT_STATUSES = (ReportStatus.PRELIMINARY, ReportStatus.FINAL, ReportStatus.AMENDED, ReportStatus.CORRECTED,
@@ -291,20 +289,6 @@ def _nothing_to_send(result: StudyResult) -> set[str]:
     if result.decided_by_image_id is None:  # the secondary capture shows the deciding film: there is none
         return {"sc"}
     return set()
-
-
-def states_for(session: Session, result_ids: Iterable[int]) -> dict[int, list[OutboundMessage]]:
-    """For each result, the message of its newest queued version per kind (what the study page shows)."""
-    ids = sorted(set(result_ids))
-    states: dict[int, dict[str, OutboundMessage]] = {result_id: {} for result_id in ids}
-    if not ids:
-        return {}
-    rows = session.scalars(select(OutboundMessage).where(OutboundMessage.study_result_id.in_(ids))
-                           .order_by(OutboundMessage.result_version, OutboundMessage.id))
-    for message in rows:
-        states[message.study_result_id][message.kind] = message  # a later version replaces an earlier one
-    return {result_id: sorted(by_kind.values(), key=lambda m: KINDS.index(m.kind) if m.kind in KINDS else 99)
-            for result_id, by_kind in states.items()}
 
 
 def messages(session: Session, state: str | None = None, limit: int = 50) -> list[OutboundMessage]:

@@ -1,12 +1,12 @@
 """The outbound queue: departments' destinations checked strictly, one message per kind and result version, older
-pending versions superseded, states for the study page, and sending a failed message again."""
+pending versions superseded, and sending a failed message again."""
 import pytest
 from sqlalchemy import func, select
 
 from db import counters
 from db.models import AuditEvent, Department, OutboundMessage, OutboundState, StudyResult
 from db.session import make_engine, make_session_factory
-from studies.outbound import check_config, destinations, queue_for, retry, set_config, shown, states_for
+from studies.outbound import check_config, destinations, queue_for, retry, set_config, shown
 
 EVERYTHING = {"dicom": {"ae_title": "PACS", "host": "10.0.0.5", "port": 104, "send": ["sr", "sc"]},
               "hl7": {"host": "ris.local", "port": 2575, "receiving_application": "RIS", "receiving_facility": "HOSP"},
@@ -32,6 +32,13 @@ def make_result(session, config=EVERYTHING, **columns) -> StudyResult:
     session.add(result)
     session.flush()
     return result
+
+
+def messages_of(session, result_id: int, *columns) -> list[tuple]:
+    """These columns of a result's outbound messages, oldest first, as the database holds them."""
+    rows = session.execute(select(*columns).where(OutboundMessage.study_result_id == result_id)
+                           .order_by(OutboundMessage.id))
+    return [tuple(row) for row in rows]
 
 
 def test_a_full_configuration_is_kept_and_described():
@@ -93,7 +100,7 @@ def test_one_message_per_kind_and_version_never_twice(sessions):
         assert session.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.action == "outbound.queued")) == 4
         hl7 = session.scalars(select(OutboundMessage).where(OutboundMessage.kind == "hl7")).one()
         assert hl7.destination == "mllp://ris.local:2575"
-        assert [(m.kind, m.id) for m in states_for(session, [result_id])[result_id]] == \
+        assert messages_of(session, result_id, OutboundMessage.kind, OutboundMessage.id) == \
             [(kind, next(m.id for m in first if m.kind == kind)) for kind in ("sr", "sc", "hl7", "fhir")]
 
 
@@ -148,9 +155,11 @@ def test_a_newer_version_supersedes_what_is_still_pending_but_not_what_went(sess
         newest = queue_for(session, result)
         assert sorted((m.kind, m.result_version, m.state) for m in newest) == [
             ("fhir", 3, "pending"), ("hl7", 3, "pending")]
-        states = states_for(session, [result.id, 999])
-        assert [(m.kind, m.result_version) for m in states[result.id]] == [("hl7", 3), ("fhir", 3)]
-        assert states[999] == []
+        columns = (OutboundMessage.kind, OutboundMessage.result_version, OutboundMessage.state)
+        assert messages_of(session, result.id, *columns) == [
+            ("hl7", 1, "sent"), ("fhir", 1, "superseded"), ("hl7", 2, "sent"), ("fhir", 2, "sent"),
+            ("hl7", 3, "pending"), ("fhir", 3, "pending")]
+        assert messages_of(session, 999, *columns) == []
         assert session.scalar(select(func.count(AuditEvent.id))
                               .where(AuditEvent.action == "outbound.superseded")) == 1
 
