@@ -130,6 +130,9 @@ class Batch(Base):
     department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"), index=True)
     source: Mapped[str] = mapped_column(String(16), default="api")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When the last file handed over was stored (studies/intake.py); until then the batch is `receiving`,
+    # its first studies already being screened.
+    received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     studies: Mapped[list["Study"]] = relationship(back_populates="batch", order_by="Study.id")
 
 

@@ -14,7 +14,6 @@ from studies.rejections import record_rejections
 from studies.results import attach, refresh_many
 
 logger = logging.getLogger(__name__)
-INSERT_CHUNK = 500
 # Films in one batch (one request, one DICOM study): bounds what one upload costs the queue and reviewers.
 MAX_STUDIES = 5000
 
@@ -44,15 +43,22 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     """Create a batch of the good items and queue it, the refused ones recorded on it with their reasons;
     returns (batch, rejected items), or (None, []) when nothing was handed over.
 
+    Files are stored, recorded and queued one worker batch at a time as they come: screening starts while the
+    rest of a large upload is still being taken in, and no transaction holds the database (SQLite: the whole
+    file) for long. The batch is `receiving` until its last file is in. A chunk lost to a crash before it was
+    queued is re-queued by the sweeper; its rows are already `queued`.
+
     The batch belongs to the uploader's department unless `department_id` says otherwise (the DICOM
     listener files each caller's studies under its own department); `sender` goes into the audit entry.
     """
-    rejected, accepted = [], []
+    chunk_size = services.settings.batch_size
+    rejected, pending, accepted = [], [], 0
+    batch_id = None
     for item in items:
         if item.error:
             rejected.append({"filename": item.name, "error": item.error})
             continue
-        if len(accepted) >= MAX_STUDIES:
+        if accepted >= MAX_STUDIES:
             rejected.append({"filename": item.name, "error": f"over {MAX_STUDIES} films in one batch: send the "
                                                              "rest in another upload"})
             continue
@@ -62,10 +68,29 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
             rejected.append({"filename": item.name, "error": str(exc)})
             continue
         # The bytes are in storage now: not kept here.
-        accepted.append((item.name, item.meta, key, digest, item.not_applicable))
-    if not accepted and not rejected:
+        pending.append((item.name, item.meta, key, digest, item.not_applicable))
+        accepted += 1
+        if len(pending) == chunk_size:
+            batch_id = batch_id or _open_batch(services, user_id, source, department_id)
+            _record_chunk(services, batch_id, pending)
+            pending = []
+    if batch_id is None and not pending and not rejected:
         return None, rejected
     # A batch whose every file was refused is still recorded: the uploader sees what was refused and why.
+    batch_id = batch_id or _open_batch(services, user_id, source, department_id)
+    if pending:
+        _record_chunk(services, batch_id, pending)
+    with services.sessions.begin() as session:
+        batch = session.get(Batch, batch_id)
+        batch.received_at = utcnow()
+        audit(session, user_id, "batch.upload", "batch", batch.id, studies=accepted,
+              rejected=len(rejected), source=source, **(sender or {}))
+        record_rejections(session, batch.id, rejected)
+    return batch, rejected
+
+
+def _open_batch(services: Services, user_id: int, source: str, department_id: int | None) -> int:
+    """A new batch, `receiving`; in the uploader's department unless one is given."""
     with services.sessions.begin() as session:
         uploader = session.get(User, user_id)
         if department_id is None and uploader is not None:
@@ -73,25 +98,22 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
         batch = Batch(created_by=user_id, source=source, department_id=department_id)
         session.add(batch)
         session.flush()
-        audit(session, user_id, "batch.upload", "batch", batch.id, studies=len(accepted),
-              rejected=len(rejected), source=source, **(sender or {}))
-        record_rejections(session, batch.id, rejected)
-    # Short transactions of INSERT_CHUNK studies: a large upload never holds the database (SQLite: the
-    # whole file) for long, and each chunk is queued as soon as it is written. A chunk lost to a crash
-    # before it was queued is re-queued by the sweeper; its rows are already `queued`.
-    for start in range(0, len(accepted), INSERT_CHUNK):
-        chunk = accepted[start:start + INSERT_CHUNK]
-        with services.sessions.begin() as session:
-            studies = [_study(batch.id, *entry) for entry in chunk]
-            session.add_all(studies)
-            session.flush()
-            results = attach(session, batch, studies)  # each image joins its radiology study
-            screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
-            held = link_duplicates(session, screened)  # same content as an earlier study: no second inference
-            refresh_many(session, results)
-            study_ids = [study.id for study in screened if study.id not in held]
-        services.enqueue(study_ids)
-    return batch, rejected
+        return batch.id
+
+
+def _record_chunk(services: Services, batch_id: int, entries: list[tuple]) -> None:
+    """One transaction for a chunk of stored files: their studies, results and duplicates; then queue them."""
+    with services.sessions.begin() as session:
+        batch = session.get(Batch, batch_id)
+        studies = [_study(batch_id, *entry) for entry in entries]
+        session.add_all(studies)
+        session.flush()
+        results = attach(session, batch, studies)  # each image joins its radiology study
+        screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
+        held = link_duplicates(session, screened)  # same content as an earlier study: no second inference
+        refresh_many(session, results)
+        study_ids = [study.id for study in screened if study.id not in held]
+    services.enqueue(study_ids)
 
 
 def store_original(services: Services, item: Item) -> tuple[str, str]:

@@ -23,6 +23,9 @@ from models.reasons import FlagReason
 from studies.rejections import rejected_counts, rejections_of
 from studies.reviews import explain_flag
 
+# A batch whose upload is still being taken in (batches.received_at unset); else its studies' status.
+RECEIVING = "receiving"
+
 logger = logging.getLogger(__name__)
 
 
@@ -69,20 +72,24 @@ def batch_progress(session: Session, batch_ids: list[int]) -> dict[int, dict]:
     for batch_id, status, count in rows:
         progress[batch_id][status] = count
     rejected = rejected_counts(session, batch_ids)  # files refused at the door: no study row, counted apart
-    return {batch_id: {**_summary(counts), "rejected": rejected.get(batch_id, 0)}
+    receiving = set(session.scalars(select(Batch.id).where(Batch.id.in_(batch_ids), Batch.received_at.is_(None))))
+    return {batch_id: {**_summary(counts, batch_id in receiving), "rejected": rejected.get(batch_id, 0)}
             for batch_id, counts in progress.items()}
 
 
-def _summary(counts: dict) -> dict:
+def _summary(counts: dict, receiving: bool) -> dict:
+    """A batch's status: `receiving` while its upload is still being taken in, then queued, running or done."""
     total = sum(counts.values())
     finished = sum(counts[status] for status in FINISHED)
-    if finished == total:
+    if receiving:
+        status = RECEIVING
+    elif finished == total:
         status = StudyStatus.DONE
     elif finished or counts[StudyStatus.RUNNING]:
         status = StudyStatus.RUNNING
     else:
         status = StudyStatus.QUEUED
-    return {"status": status.value, "total": total, "done": counts[StudyStatus.DONE],
+    return {"status": str(status), "total": total, "done": counts[StudyStatus.DONE],
             "failed": counts[StudyStatus.ERROR], "queued": counts[StudyStatus.QUEUED],
             "running": counts[StudyStatus.RUNNING],
             "percent": round(100 * finished / total) if total else 100}

@@ -18,7 +18,8 @@ from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.services import QUEUE, Services
-from db.models import Study, StudyStatus, Worker, heartbeat_cutoff, utcnow
+from db.models import Batch, Study, StudyStatus, Worker, heartbeat_cutoff, utcnow
+from db.session import audit
 from studies.duplicates import resolve_duplicates
 from studies.retention import purge_originals
 
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 # Rows of workers silent this long go: by then the time limit has sent any study they held again.
 PRUNE_WORKERS_AFTER = timedelta(days=1)
+# A batch still `receiving` this long after it was opened lost its upload (the web process died mid-intake):
+# the sweep closes it, so it shows the studies it holds as finished rather than receiving for ever.
+CLOSE_RECEIVING_AFTER = timedelta(hours=1)
 # PNEUMOSCREEN_RETENTION_DAYS is applied at start and then once a day.
 PURGE_EVERY_S = 86_400
 
@@ -49,6 +53,7 @@ def requeue_stale(services: Services, queued_older_than_s: int | None = None,
         lost_running = _take_back(session, now, or_(
             Study.claimed_by.in_(_dead_workers(services, now)), Study.started_at < running_cutoff))
         session.execute(delete(Worker).where(Worker.heartbeat_at < now - PRUNE_WORKERS_AFTER))
+        _close_interrupted(session, now)
         # A queued study is only lost when nothing waits in the queue: otherwise it may be behind a backlog.
         lost_queued = [] if _backlog(services) else session.scalars(select(Study.id).where(
             Study.status == StudyStatus.QUEUED, last_touched < queued_cutoff, Study.duplicate_of_id.is_(None))).all()
@@ -69,6 +74,18 @@ def requeue_orphaned(services: Services) -> int:
         services.enqueue(study_ids)
         logger.warning("sweeper re-queued %d studies of a worker whose heartbeat stopped", len(study_ids))
     return len(study_ids)
+
+
+def _close_interrupted(session: Session, now: datetime) -> None:
+    """Close batches whose upload stopped before its last file was stored; audited, one event a batch."""
+    closed = session.scalars(update(Batch).where(Batch.received_at.is_(None),
+                                                 Batch.created_at < now - CLOSE_RECEIVING_AFTER)
+                             .values(received_at=now).returning(Batch.id)).all()
+    for batch_id in closed:
+        audit(session, None, "batch.interrupted", "batch", batch_id,
+              reason="the upload stopped before its last file was stored")
+    if closed:
+        logger.warning("sweeper closed %d batches whose upload was interrupted", len(closed))
 
 
 def _dead_workers(services: Services, now: datetime):

@@ -1,7 +1,7 @@
 """The sweeper on its own: what counts as lost, and that it sends each lost study once."""
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from core.services import services_of
 from db.models import Study, User, utcnow
@@ -44,3 +44,29 @@ def test_requeue_stale(app, users):
         message.unlink()  # the broker lost everything
     assert requeue_stale(services, 60, 60) == 4  # queued long ago, nothing waiting: lost
     assert _messages(services) == 1
+
+
+def test_a_batch_whose_upload_died_mid_intake_is_closed(app, users):
+    """The web process died after some chunks were stored: the batch said `receiving` and would for ever."""
+    from db.models import AuditEvent, Batch
+    from web.queries import batch_progress
+
+    services = services_of(app)
+    with services.sessions.begin() as session:
+        user_id = session.scalar(select(User.id).where(User.username == "uploader"))
+        recent, old = (Batch(created_by=user_id, created_at=utcnow() - timedelta(minutes=minutes))
+                       for minutes in (5, 90))
+        session.add_all([recent, old])
+    requeue_stale(services, 60, 60)
+    with services.sessions() as session:
+        assert session.get(Batch, recent.id).received_at is None  # may still be arriving
+        assert session.get(Batch, old.id).received_at is not None
+        progress = batch_progress(session, [recent.id, old.id])
+        assert (progress[recent.id]["status"], progress[old.id]["status"]) == ("receiving", "done")
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "batch.interrupted")).all()
+        assert [(event.object_id, event.detail["reason"]) for event in events] == [
+            (old.id, "the upload stopped before its last file was stored")]
+    requeue_stale(services, 60, 60)  # closed once, audited once
+    with services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(AuditEvent)
+                              .where(AuditEvent.action == "batch.interrupted")) == 1
