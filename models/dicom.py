@@ -232,9 +232,13 @@ def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
 def header_meta(data: bytes) -> DicomMeta | None:
     """Study-row attributes from the header (UIDs, modality, view, age, body part); None if unreadable."""
     try:
-        ds = read_dataset(data, pixels=False)
+        return meta_of(read_dataset(data, pixels=False))
     except ImageDecodeError:
         return None
+
+
+def meta_of(ds) -> DicomMeta:
+    """Study-row attributes of a data set read with read_dataset."""
     values = {}
     for column, (keyword, width) in META_FIELDS.items():
         value = str(ds.get(keyword, "") or "").strip()

@@ -14,8 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from core.settings import RoutingRule
-from models.dicom import DicomMeta, read_dataset
-from models.limits import ImageDecodeError
+from models.dicom import DicomMeta
 from studies.scope import age_years
 
 logger = logging.getLogger(__name__)
@@ -77,14 +76,9 @@ class Decision:
     status: int | None = None
 
 
-def route(data: bytes, meta: DicomMeta | None, rules: tuple[RoutingRule, ...] = ()) -> Decision:
-    """The decision for one DICOM file: site `rules` first, then DEFAULT_RULES; broken data refused first."""
-    try:
-        ds = read_dataset(data)  # the pixel bytes are read, not decoded: cheap
-    except ImageDecodeError as exc:
-        return Decision(REFUSE, str(exc), CANNOT_UNDERSTAND)
-    if meta is None:
-        return Decision(REFUSE, "not a readable DICOM header", CANNOT_UNDERSTAND)
+def route(ds, meta: DicomMeta, rules: tuple[RoutingRule, ...] = ()) -> Decision:
+    """The decision for one DICOM data set (models.dicom.read_dataset, with its pixel bytes) and its header facts
+    (meta_of): site `rules` first, then DEFAULT_RULES; broken data refused first."""
     if problem := _malformed(ds):
         return Decision(REFUSE, problem, CANNOT_UNDERSTAND)
     facts = facts_of(ds, meta)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Iterator
 
 from core.settings import RoutingRule
-from models.dicom import DicomMeta, header_meta, is_dicom
+from models.dicom import DicomMeta, header_problem, is_dicom, meta_of, read_dataset
 from models.imaging import check_image
+from models.limits import ImageDecodeError
 from studies.applicability import CANNOT_UNDERSTAND, IGNORE, REFUSE, route
 
 logger = logging.getLogger(__name__)
@@ -125,13 +126,18 @@ def _item(name: str, data: bytes, rules: tuple[RoutingRule, ...] = ()) -> Item:
 
 
 def _dicom_item(name: str, data: bytes, rules: tuple[RoutingRule, ...]) -> Item:
-    meta = header_meta(data)
-    decision = route(data, meta, rules)
+    """Parsed once (the pixel bytes read, not decoded): header facts, routing and the image check share it."""
+    try:
+        ds = read_dataset(data)
+    except ImageDecodeError as exc:
+        return Item(name, data, str(exc), dicom_status=CANNOT_UNDERSTAND)
+    meta = meta_of(ds)
+    decision = route(ds, meta, rules)
     if decision.action == REFUSE:
         return Item(name, data, decision.reason, dicom_status=decision.status)
     if decision.action == IGNORE:
         return Item(name, data, meta=meta, not_applicable=decision.reason)
-    error = check_image(data)  # to be screened: the image itself must be one the screener can take
+    error = header_problem(ds)  # to be screened: the image itself must be one the screener can take
     if error is not None:
         return Item(name, data, error, dicom_status=CANNOT_UNDERSTAND)
     return Item(name, data, meta=meta)

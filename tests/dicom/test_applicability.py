@@ -275,3 +275,17 @@ def test_an_unknown_transfer_syntax_is_refused_at_the_door():
     data = to_bytes(dataset(chest_pixels())).replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.9.9.9\x00")
     [item] = expand("syntax.dcm", data)
     assert item.dicom_status == 0xC000 and "unknown transfer syntax '1.2.840.10008.9.9.9'" in item.error
+
+
+@pytest.mark.parametrize("modality", ["CR", "CT"])  # screened, and accepted and ignored
+def test_a_dicom_file_is_parsed_once_at_the_door(monkeypatch, modality):
+    """Header facts, routing and the image check share one parse (each used to read the file again)."""
+    import pydicom
+
+    calls = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    item = next(expand("film.dcm", to_bytes(dataset(chest_pixels(), modality=modality))))
+    assert item.error is None and item.meta.modality == modality
+    assert (item.not_applicable is None) == (modality == "CR")
+    assert len(calls) == 1
