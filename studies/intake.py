@@ -3,6 +3,8 @@ import logging
 import os
 from typing import Iterable, Iterator
 
+from sqlalchemy.orm import Session
+
 from core.services import Services
 from db.models import Batch, Study, StudyStatus, User, utcnow
 from db.session import audit
@@ -54,6 +56,10 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     chunk_size = services.settings.batch_size
     rejected, pending, accepted = [], [], 0
     batch_id = None
+
+    def batch_in(session: Session) -> Batch:  # opened with the first chunk written
+        return session.get(Batch, batch_id) if batch_id else _new_batch(session, user_id, source, department_id)
+
     for item in items:
         if item.error:
             rejected.append({"filename": item.name, "error": item.error})
@@ -70,50 +76,50 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
         # The bytes are in storage now: not kept here.
         pending.append((item.name, item.meta, key, digest, item.not_applicable))
         accepted += 1
-        if len(pending) == chunk_size:
-            batch_id = batch_id or _open_batch(services, user_id, source, department_id)
-            _record_chunk(services, batch_id, pending)
+        if len(pending) == chunk_size:  # a full chunk: recorded and queued now, the upload goes on
+            with services.sessions.begin() as session:
+                batch = batch_in(session)
+                batch_id, queued = batch.id, _add_studies(session, batch, pending)
+            services.enqueue(queued)
             pending = []
     if batch_id is None and not pending and not rejected:
         return None, rejected
-    # A batch whose every file was refused is still recorded: the uploader sees what was refused and why.
-    batch_id = batch_id or _open_batch(services, user_id, source, department_id)
-    if pending:
-        _record_chunk(services, batch_id, pending)
+    # The last chunk and the batch's closing in one transaction (a small upload: its only one). A batch whose
+    # every file was refused is still recorded: the uploader sees what was refused and why.
     with services.sessions.begin() as session:
-        batch = session.get(Batch, batch_id)
+        batch = batch_in(session)
+        queued = _add_studies(session, batch, pending)
         batch.received_at = utcnow()
         audit(session, user_id, "batch.upload", "batch", batch.id, studies=accepted,
               rejected=len(rejected), source=source, **(sender or {}))
         record_rejections(session, batch.id, rejected)
+    services.enqueue(queued)
     return batch, rejected
 
 
-def _open_batch(services: Services, user_id: int, source: str, department_id: int | None) -> int:
+def _new_batch(session: Session, user_id: int, source: str, department_id: int | None) -> Batch:
     """A new batch, `receiving`; in the uploader's department unless one is given."""
-    with services.sessions.begin() as session:
-        uploader = session.get(User, user_id)
-        if department_id is None and uploader is not None:
-            department_id = uploader.department_id
-        batch = Batch(created_by=user_id, source=source, department_id=department_id)
-        session.add(batch)
-        session.flush()
-        return batch.id
+    uploader = session.get(User, user_id)
+    if department_id is None and uploader is not None:
+        department_id = uploader.department_id
+    batch = Batch(created_by=user_id, source=source, department_id=department_id)
+    session.add(batch)
+    session.flush()
+    return batch
 
 
-def _record_chunk(services: Services, batch_id: int, entries: list[tuple]) -> None:
-    """One transaction for a chunk of stored files: their studies, results and duplicates; then queue them."""
-    with services.sessions.begin() as session:
-        batch = session.get(Batch, batch_id)
-        studies = [_study(batch_id, *entry) for entry in entries]
-        session.add_all(studies)
-        session.flush()
-        results = attach(session, batch, studies)  # each image joins its radiology study
-        screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
-        held = link_duplicates(session, screened)  # same content as an earlier study: no second inference
-        refresh_many(session, results)
-        study_ids = [study.id for study in screened if study.id not in held]
-    services.enqueue(study_ids)
+def _add_studies(session: Session, batch: Batch, entries: list[tuple]) -> list[int]:
+    """Study rows for stored files, with their results and duplicates; returns the ids to queue."""
+    if not entries:
+        return []
+    studies = [_study(batch.id, *entry) for entry in entries]
+    session.add_all(studies)
+    session.flush()
+    results = attach(session, batch, studies)  # each image joins its radiology study
+    screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
+    held = link_duplicates(session, screened)  # same content as an earlier study: no second inference
+    refresh_many(session, results)
+    return [study.id for study in screened if study.id not in held]
 
 
 def store_original(services: Services, item: Item) -> tuple[str, str]:
