@@ -131,17 +131,26 @@ def save_calibration(session: Session, department_name: str, assessment: Assessm
 def propose_from_zip(services: Services, screener: Screener, storage_key: str, filename: str, department: str,
                      miss_rate: float, actor_id: int) -> SiteCalibration | None:
     """Screen an uploaded labelled zip and store a proposal for an admin to accept; a sample that cannot
-    support the target is recorded as `calibration.failed` with the reason (the portal shows it)."""
+    support the target is recorded as `calibration.failed` with the reason (the portal shows it).
+
+    The zip (patients' films, DICOM headers as sent) is deleted once its outcome is recorded: the proposal keeps
+    only counts and the curve. Until then it stays, so a retried task (database down) finds it again."""
     try:
-        assessment = assess_sample(screener, zip_sample(filename, services.storage.get(storage_key)), department,
-                                   miss_rate)
+        sample = services.storage.get(storage_key)
+    except FileNotFoundError:  # a second delivery of a task already done: its outcome is recorded
+        logger.info("calibration sample %s is gone: already assessed", storage_key)
+        return None
+    try:
+        assessment = assess_sample(screener, zip_sample(filename, sample), department, miss_rate)
     except ValueError as exc:
         with services.sessions.begin() as session:
             audit(session, actor_id, "calibration.failed", "department", None, department=department,
                   filename=filename, reason=str(exc))
-        return None
-    with services.sessions.begin() as session:
-        record = save_calibration(session, department, assessment, actor_id, "portal", accept=False)
+        record = None
+    else:
+        with services.sessions.begin() as session:
+            record = save_calibration(session, department, assessment, actor_id, "portal", accept=False)
+    services.storage.path(storage_key).unlink(missing_ok=True)
     return record
 
 
