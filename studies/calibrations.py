@@ -137,8 +137,11 @@ def propose_from_zip(services: Services, screener: Screener, storage_key: str, f
     only counts and the curve. Until then it stays, so a retried task (database down) finds it again."""
     try:
         sample = services.storage.get(storage_key)
-    except FileNotFoundError:  # a second delivery of a task already done: its outcome is recorded
-        logger.info("calibration sample %s is gone: already assessed", storage_key)
+    except FileNotFoundError:  # assessed already: this task delivered twice, or the same zip sent twice at once
+        with services.sessions.begin() as session:
+            audit(session, actor_id, "calibration.failed", "department", None, department=department,
+                  filename=filename, reason="the uploaded sample was already assessed and deleted; "
+                                            "send it again if no proposal came of it")
         return None
     try:
         assessment = assess_sample(screener, zip_sample(filename, sample), department, miss_rate)
