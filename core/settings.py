@@ -62,6 +62,8 @@ class Settings:
     max_upload_mb: int = 1024
     worker_pool: str = "prefork"
     worker_concurrency: int = 1
+    # TensorFlow threads in each worker's model process; 0: as many as the machine has cores.
+    model_threads: int = 0
     secure_cookies: bool = False
     # A portal session ends after this many minutes without a request.
     session_idle_minutes: int = 30
@@ -119,6 +121,7 @@ class Settings:
             secret_key=env.get("SECRET_KEY") or None,
             batch_size=_int(env, "PNEUMOSCREEN_BATCH_SIZE", 32, 1, 1024),
             max_upload_mb=_int(env, "PNEUMOSCREEN_MAX_UPLOAD_MB", 1024, 1, 100_000),
+            model_threads=_int(env, "PNEUMOSCREEN_MODEL_THREADS", 0, 0, 1024),
             worker_pool=worker_pool,
             worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 1, 1, 64),
             secure_cookies=_bool(env, "PNEUMOSCREEN_SECURE_COOKIES", False),

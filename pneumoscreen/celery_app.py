@@ -8,6 +8,7 @@ from core.services import services_of
 from pneumoscreen.app import create_app
 from worker.heartbeat import start_heartbeat
 from worker.outbound import start_delivery
+from worker.pipeline import preload
 from worker.sweeper import start_sweeper
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ def _fresh_connections(**_kwargs) -> None:
     # The process that runs the tasks heartbeats for itself, so a kill -9 silences exactly the worker
     # named in its studies' claimed_by. Sent in each prefork pool child, and by the solo pool in the main process.
     start_heartbeat(services)
+    preload(services.settings)  # in a thread: the child reports ready at once
 
 
 _sweeper = {}
@@ -38,6 +40,7 @@ def _start_sweeper(sender=None, **_kwargs) -> None:
     _sweeper["deliver"] = start_delivery(services)
     if not isinstance(getattr(sender, "pool", None), PreforkPool):
         start_heartbeat(services)  # tasks run in this process (threads pool: no worker_process_init); once per pid
+        preload(services.settings)
 
 
 @worker_shutdown.connect

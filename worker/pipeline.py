@@ -1,6 +1,8 @@
 """The screening pipeline: decode -> lung crop -> classifier -> flags, for the worker and the CLI alike."""
 import functools
 import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +12,7 @@ import numpy as np
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.settings import Settings
 from core.storage import ATTENTION, Storage
 from db.models import (
     FINISHED,
@@ -25,6 +28,7 @@ from db.models import (
     utcnow,
 )
 from db.session import audit
+from models.crop import FILM_SIZE
 from models.imaging import ImageDecodeError
 from models.operating_point import OperatingPoint
 from models.reasons import FlagReason
@@ -51,15 +55,55 @@ class Outcome:
     error: str | None = None
 
 
-@functools.cache
+# Held while the models load: a task arriving during preload() waits for it instead of loading them again.
+_loading = threading.Lock()
+_preloaded: dict[int, threading.Thread] = {}  # pid -> its preload (the solo pool signals twice)
+
+
 def load_screener(weights_dir: Path) -> Screener:
     """Load TensorFlow and the weights once per process, on first use (never before a fork)."""
+    with _loading:
+        return _loaded(weights_dir)
+
+
+@functools.cache
+def _loaded(weights_dir: Path) -> Screener:
     import tensorflow as tf
 
     # TensorFlow places the models on a GPU by itself when it sees one; say which it is.
     gpus = tf.config.list_physical_devices("GPU")
     logger.info("screening on %s", ", ".join(gpu.name for gpu in gpus) if gpus else "CPU")
     return Screener.load(weights_dir)
+
+
+def preload(settings: Settings) -> threading.Thread:
+    """Load the models and run them once at the batch size in a daemon thread, so that the first studies after a
+    worker starts wait for neither (a few seconds on 2 cores). Called in the process that runs the tasks, after
+    any fork, once per process. PNEUMOSCREEN_MODEL_THREADS is applied first: TensorFlow takes it only before its
+    first operation."""
+    if os.getpid() in _preloaded:
+        return _preloaded[os.getpid()]
+    _loading.acquire()  # taken by the caller: no task can load the models before the threads are set
+
+    def run() -> None:
+        try:
+            try:
+                if settings.model_threads:
+                    import tensorflow as tf
+
+                    tf.config.threading.set_intra_op_parallelism_threads(settings.model_threads)
+                    tf.config.threading.set_inter_op_parallelism_threads(settings.model_threads)
+                screener = _loaded(settings.weights_dir)
+            finally:
+                _loading.release()
+            screener.run(np.zeros((settings.batch_size, FILM_SIZE, FILM_SIZE), np.float32))
+            logger.info("models loaded and run once at batch size %d", settings.batch_size)
+        except Exception:  # no weights yet, or a broken file: the first task says so to its batch
+            logger.exception("preloading the models failed; the first task will try again")
+
+    thread = _preloaded[os.getpid()] = threading.Thread(target=run, name="pneumoscreen-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def screen_files(screener: Screener, blobs: list[bytes],

@@ -128,3 +128,36 @@ def test_screen_files_keeps_order_with_bad_items_between_good_ones(tiny_weights)
     assert [o.error is None for o in outcomes] == [True, False, False, True]
     assert outcomes[1].error == "empty file"
     assert outcomes[0].finding is not None and outcomes[3].finding is not None
+
+
+PRELOAD = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from core.settings import Settings
+from worker import pipeline
+settings = Settings.from_env({"PNEUMOSCREEN_WEIGHTS_DIR": sys.argv[1], "PNEUMOSCREEN_MODEL_THREADS": "1",
+                              "PNEUMOSCREEN_BATCH_SIZE": "4", "PNEUMOSCREEN_DATA_DIR": sys.argv[2]})
+thread = pipeline.preload(settings)
+assert pipeline.preload(settings) is thread  # once per process (the solo pool signals twice)
+screener = pipeline.load_screener(settings.weights_dir)  # a task arriving at once waits for the preload
+thread.join()
+import tensorflow as tf
+print(tf.config.threading.get_intra_op_parallelism_threads(), pipeline._loaded.cache_info().misses,
+      screener is pipeline.load_screener(settings.weights_dir))
+"""
+
+
+@pytest.mark.slow
+def test_preload_sets_the_model_threads_and_a_task_waits_for_it(tiny_weights, tmp_path):
+    """In a fresh process, as in a worker's pool child: the threads are set before TensorFlow's first operation,
+    the models load once, and a task that comes meanwhile gets the preloaded ones."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(pipeline.__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", PRELOAD, str(tiny_weights), str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["1", "1", "True"], done.stdout
+    assert "models loaded and run once at batch size 4" in done.stderr
