@@ -190,12 +190,18 @@ def set_active(session: Session, user: User, active: bool, actor_id: int | None)
         audit(session, actor_id, "user.enable" if active else "user.disable", "user", user.id)
 
 
+# A token's last use is kept to the minute: a script's every request is not a database write.
+TOKEN_USE_RECORDED_EVERY = timedelta(minutes=1)
+
+
 def user_for_token(session: Session, token: str) -> User | None:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token),
                                                 ApiToken.revoked_at.is_(None)))
     if row is None or not row.user.active or token_expired(row):
         return None
-    row.last_used_at = utcnow()
+    now = utcnow()
+    if row.last_used_at is None or now - as_utc(row.last_used_at) >= TOKEN_USE_RECORDED_EVERY:
+        row.last_used_at = now
     return row.user
 
 

@@ -3,7 +3,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from core.services import services_of
 from db.models import ApiToken, AuditEvent, User, utcnow
@@ -76,7 +76,22 @@ def test_tokens_are_named_hashed_tracked_and_revocable(app, world):
         assert token not in row.token_hash and row.last_used_at is None
     assert app.test_client().get("/api/v1/batches/999", headers=bearer(token)).status_code == 404
     with services.sessions() as session:
-        assert session.get(ApiToken, row.id).last_used_at is not None
+        first_use = session.get(ApiToken, row.id).last_used_at
+        assert first_use is not None
+    # Kept to the minute: a script's next requests are no database writes...
+    writes = []
+    event.listen(services.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: writes.append(statement) if "UPDATE api_tokens" in statement
+                 else None)
+    for _ in range(3):
+        assert app.test_client().get("/api/v1/batches/999", headers=bearer(token)).status_code == 404
+    assert writes == []
+    # ...until a minute has gone by.
+    with services.sessions.begin() as session:
+        session.get(ApiToken, row.id).last_used_at = first_use - timedelta(minutes=2)
+    assert app.test_client().get("/api/v1/batches/999", headers=bearer(token)).status_code == 404
+    with services.sessions() as session:
+        assert session.get(ApiToken, row.id).last_used_at > first_use
     listing = client.get("/admin/tokens").data
     assert token.encode() not in listing and b"pacs-bridge" in listing  # shown once, never again
 
