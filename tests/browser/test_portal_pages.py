@@ -73,6 +73,7 @@ def _log_in(page, base: str, username: str, password: str) -> None:
 
 def _shot(page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_load_state()  # a page still navigating cannot be captured ("Unable to capture screenshot")
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
@@ -269,6 +270,8 @@ def test_upload_checks_the_size_before_sending(portal, browser, uploader, tmp_pa
 
 
 def test_no_serious_accessibility_violations(portal, browser, uploader, axe_source):
+    from playwright.sync_api import expect
+
     base, password = portal
     context = browser.new_context(viewport=VIEWPORT, bypass_csp=True)  # lets the test add axe-core to the page
     page = context.new_page()
@@ -286,6 +289,7 @@ def test_no_serious_accessibility_violations(portal, browser, uploader, axe_sour
     page.goto(f"{base}/admin/tokens")
     page.fill("input[name=name]", "pacs-bridge")
     page.click("text=Issue token")
+    expect(page.locator("#issued-token")).to_contain_text("psk_")  # the new page, not one still loading
     _shot(page, "admin-tokens")
     page.goto(f"{base}/admin/audit")
     _shot(page, "admin-audit")
