@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
 from sqlalchemy import select
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
 from core.storage import Storage
 from db.models import Department, OutboundMessage, OutboundState, ReportStatus, Study, StudyResult, User, as_utc
@@ -285,9 +285,7 @@ def secondary_capture(session: Session, storage: Storage, result: StudyResult) -
 
 def render(storage: Storage, image: Study, result: StudyResult) -> np.ndarray:
     """The film view with the heatmap screened over it and a band of text below, as RGB uint8."""
-    # A copy of an earlier upload shows its original's pictures.
-    source = object_session(image).get(Study, image.duplicate_of_id) if image.duplicate_of_id else image
-    view, heatmap = picture(storage, source, "view"), picture(storage, source, "heatmap")
+    view, heatmap = picture(storage, image, "view"), picture(storage, image, "heatmap")  # a copy: its original's
     if view is None:
         raise ValueError(f"image {image.id} has no film view: it was never screened, or its original is gone")
     film = Image.open(view).convert("RGB")

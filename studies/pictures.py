@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sqlalchemy.orm import object_session
 
 from core.storage import ATTENTION, DERIVED_KINDS, Storage
 from db.models import Study
@@ -30,6 +31,7 @@ def attention_png(heatmap: np.ndarray) -> bytes:
 
 def can_make(storage: Storage, study: Study, kind: str) -> bool:
     """Whether `picture` can give this kind: made already, or its sources are there."""
+    study = _source(study)
     if kind not in DERIVED_KINDS or study.prediction is None:
         return False
     if storage.has_derived(study.id, kind):
@@ -40,34 +42,39 @@ def can_make(storage: Storage, study: Study, kind: str) -> bool:
 
 
 def picture(storage: Storage, study: Study, kind: str) -> Path | None:
-    """The file of a picture of `study` (the study whose film it is: for a copy, its original), made now when it
-    was not yet; None when it cannot be made (no result, the original purged before it was made, no heatmap)."""
+    """The file of a picture of `study` (for a copy of an earlier upload, its original's), made now when it was not
+    yet; None when it cannot be made (no result, the original purged before it was made, no heatmap)."""
+    study = _source(study)
     if not can_make(storage, study, kind):
         return None
-    if not storage.has_derived(study.id, kind):
-        try:
-            film = decode_image(storage.get(study.storage_key))
-        except (FileNotFoundError, ImageDecodeError) as exc:  # decoded once already: only a lost file gets here
-            logger.warning("study %d: cannot make its %s picture: %s", study.id, kind, exc)
-            return None
-        storage.put_derived(study.id, kind, _make(storage, study, kind, film))
+    if not storage.has_derived(study.id, kind) and not _make_missing(storage, study, [kind]):
+        return None
     return storage.derived_path(study.id, kind)
 
 
 def make_all(storage: Storage, study: Study) -> int:
     """Make every picture of a study that can still be made (before its original goes); returns how many."""
-    missing = [kind for kind in DERIVED_KINDS if can_make(storage, study, kind) and not storage.has_derived(
-        study.id, kind)]
-    if not missing:
+    return _make_missing(storage, study, [kind for kind in DERIVED_KINDS if can_make(storage, study, kind)
+                                          and not storage.has_derived(study.id, kind)])
+
+
+def _source(study: Study) -> Study:
+    """The study whose film and pictures these are: a copy of an earlier upload shows its original's."""
+    return object_session(study).get(Study, study.duplicate_of_id) if study.duplicate_of_id else study
+
+
+def _make_missing(storage: Storage, study: Study, kinds: list[str]) -> int:
+    """Decode the stored original once and make these pictures of it; returns how many (0 when it is gone)."""
+    if not kinds:
         return 0
     try:
         film = decode_image(storage.get(study.storage_key))
-    except ImageDecodeError as exc:  # the original was read once, so only a changed file gets here
+    except (FileNotFoundError, ImageDecodeError) as exc:  # decoded once already: only a lost or changed file
         logger.warning("study %d: cannot make its pictures: %s", study.id, exc)
         return 0
-    for kind in missing:
+    for kind in kinds:
         storage.put_derived(study.id, kind, _make(storage, study, kind, film))
-    return len(missing)
+    return len(kinds)
 
 
 def _make(storage: Storage, study: Study, kind: str, film: np.ndarray) -> bytes:

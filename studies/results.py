@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # The study call as SNOMED CT findings (code, display), the one table FHIR, HL7 and the DICOM SR code it from.
 CALL_CODES = {"PNEUMONIA": ("233604007", "Pneumonia"), "NORMAL": ("17621005", "Normal")}
 
+
 def group_key(department_id: int | None, created_by: int, study_instance_uid: str | None) -> str | None:
     """The key images of one DICOM study share: per department, or per uploader without one."""
     if not study_instance_uid:

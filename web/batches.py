@@ -111,9 +111,7 @@ def study_image(study_id: int, kind: str):
     study = visible_study(db_session(), study_id)
     if study is None or kind not in DERIVED_KINDS:
         abort(404)
-    # A duplicate upload shows the pictures of the first copy of the same file; made now if not yet.
-    source = db_session().get(Study, study.duplicate_of_id) if study.duplicate_of_id else study
-    path = picture(current_services().storage, source, kind)
+    path = picture(current_services().storage, study, kind)  # a copy's are its original's; made now if not yet
     if path is None:
         abort(404)
     return send_file(path, mimetype="image/png", max_age=0)
