@@ -22,16 +22,25 @@ def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
     held, studies = set(), sorted(studies, key=lambda study: study.id)
     departments = _departments(session, studies)
     first = _first_copies(session, studies, departments)
-    for study in studies:
-        original = first.get((departments[study.batch_id], study.content_sha256))
-        if original is None or original.id >= study.id:
-            continue
+    copies = [(study, original) for study in studies
+              if (original := first.get((departments[study.batch_id], study.content_sha256))) is not None
+              and original.id < study.id]
+    answers = _answering(session, {original.id for _, original in copies if original.status == StudyStatus.DONE})
+    for study, original in copies:
         study.duplicate_of_id = original.id
         held.add(study.id)
         audit(session, None, "study.duplicate", "study", study.id, duplicate_of=original.id)
-        if original.status == StudyStatus.DONE:
-            copy_result(session, original, study)
+        if original.id in answers:
+            copy_result(session, answers[original.id], study)
     return held
+
+
+def _answering(session: Session, original_ids: set[int]) -> dict[int, Study]:
+    """The originals by id, with what copy_result reads of them (prediction, flag) loaded in one go."""
+    if not original_ids:
+        return {}
+    return {original.id: original for original in session.scalars(
+        select(Study).where(Study.id.in_(original_ids)).options(*ANSWER))}
 
 
 def _departments(session: Session, studies: list[Study]) -> dict[int, int | None]:
@@ -56,7 +65,7 @@ def _first_copies(session: Session, studies: list[Study],
             .where(Study.content_sha256.in_(hashes[start:start + LOOKUP_CHUNK]), Study.duplicate_of_id.is_(None),
                    Study.status != StudyStatus.ERROR, Study.not_applicable.is_(None),
                    or_(*(Batch.department_id.is_not_distinct_from(department) for department in wanted)))
-            .order_by(Study.id).options(*ANSWER)).all()
+            .order_by(Study.id)).all()
         for study, department_id in rows:
             first.setdefault((department_id, study.content_sha256), study)
     return first
@@ -68,10 +77,7 @@ def resolve_duplicates(session: Session, original_ids: list[int]) -> int:
     waiting = session.scalars(
         select(Study).where(Study.duplicate_of_id.in_(original_ids),
                             Study.status.in_(UNFINISHED)).with_for_update()).all()
-    if not waiting:
-        return 0
-    originals = {original.id: original for original in session.scalars(
-        select(Study).where(Study.id.in_({study.duplicate_of_id for study in waiting})).options(*ANSWER))}
+    originals = _answering(session, {study.duplicate_of_id for study in waiting})
     resolved = []
     for study in waiting:
         original = originals[study.duplicate_of_id]
