@@ -95,3 +95,27 @@ def test_save_model_versions_by_content_and_reloads_the_same_weights(tmp_path):
     x = np.random.default_rng(0).random((2, 64, 64, 1)).astype("float32")
     reloaded = keras.models.load_model(path, compile=False)
     np.testing.assert_allclose(reloaded(x), model(x), atol=1e-6)
+
+
+BLAS_THREADS = """
+import sys
+from threadpoolctl import threadpool_info, threadpool_limits
+threadpool_limits(2, user_api="blas")  # as NumPy starts on a 2-core machine
+from models.screener import Screener
+Screener.load(sys.argv[1])
+print(sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}))
+"""
+
+
+def test_loading_the_models_leaves_numpy_one_blas_thread(tiny_weights):
+    """NumPy's idle BLAS threads spin and take the cores from TensorFlow (bench/run's b was 30% slower): in a fresh
+    process, as in a worker, loading the models limits BLAS to one thread."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", BLAS_THREADS, str(tiny_weights)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "[1]", done.stdout
