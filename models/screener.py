@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 from models.calibration import Calibration
 from models.crop import CROP_FAILED, CropBox, crop_batch, equalize, mask_to_box, resize_batch, squash
 from models.flags import FlagPolicy, flag_reasons
-from models.imaging import ImageDecodeError, decode_image
+from models.imaging import SCREEN_SIDE, ImageDecodeError, decode_image
 from models.inference import ensemble_pass
 from models.limits import MIN_SIDE
 from models.operating_point import OperatingPoint
@@ -198,7 +198,7 @@ def member_files(classifier_meta: dict) -> list[str]:
 def decode_film(data: bytes) -> np.ndarray:
     """Decode a file into a film `screen` takes; ImageDecodeError says why not, so callers screening many
     files refuse that one alone (the worker, calibration samples)."""
-    image = decode_image(data)
+    image = decode_image(data, draft_side=SCREEN_SIDE)
     try:
         _checked(0, image)
     except ValueError as exc:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.imaging import decode_image
 from models.reasons import FlagReason
+from models.screener import decode_film
 from training.data import list_images
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def evaluate_folder(data_dir: Path, screener, batch_size: int = 64) -> dict:
         raise ValueError(f"no images under {data_dir}/NORMAL or {data_dir}/PNEUMONIA")
     findings = []
     for start in range(0, len(paths), batch_size):
-        findings += screener.screen([decode_image(p.read_bytes()) for p in paths[start:start + batch_size]])
+        findings += screener.screen([decode_film(p.read_bytes()) for p in paths[start:start + batch_size]])
     probs = np.array([f.probability for f in findings])
     reasons = [set(f.reasons) for f in findings]
     metrics = binary_metrics(probs, labels, screener.threshold)

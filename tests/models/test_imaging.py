@@ -99,3 +99,15 @@ def test_check_image_at_the_door():
     assert "too small for a chest film" in check_image(encode(Image.new("L", (20, 300))))
     assert check_image(png[: len(png) // 2]).startswith("corrupt or truncated PNG image")
     assert check_image(jpeg[: len(jpeg) // 2]).startswith("corrupt or truncated JPEG image")
+
+
+def test_screening_decodes_a_full_size_jpeg_at_the_smallest_scale_it_needs():
+    """A 2,304 px JPEG: screening needs 224 px, so it is decoded at 1/8 scale (288 px); pictures for people at 1/4,
+    then fitted to 512 px."""
+    from models.screener import decode_film
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (2304, 2304), dtype=np.uint8)).save(buffer, format="JPEG", quality=90)
+    assert decode_film(buffer.getvalue()).shape == (288, 288)
+    assert decode_image(buffer.getvalue()).shape == (512, 512)
