@@ -31,23 +31,33 @@ class CropBox:
 
 def mask_to_box(mask: np.ndarray, margin: float = MARGIN) -> CropBox:
     """Box around both lungs in a [0,1] mask, or the fixed central box when the mask is implausible."""
-    problem = _implausible(mask > 0.5)
+    binary = mask > 0.5
+    extent = _extent(binary)
+    problem = _implausible(binary, extent)
     if problem:
         logger.debug("lung crop fell back: %s", problem)
         return CropBox(FALLBACK_BOX, CROP_FAILED)
     height, width = mask.shape
-    ys, xs = np.nonzero(mask > 0.5)
-    # Percentiles, not min/max: a few stray pixels must not stretch the box.
-    x0, x1 = np.percentile(xs, [0.5, 99.5]) / width
-    y0, y1 = np.percentile(ys, [0.5, 99.5]) / height
-    x1, y1 = x1 + 1 / width, y1 + 1 / height
+    x0, x1, y0, y1 = extent
+    x0, x1 = x0 / width, (x1 + 1) / width
+    y0, y1 = y0 / height, (y1 + 1) / height
     dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
     box = (max(0.0, x0 - dx), max(0.0, y0 - dy), min(1.0, x1 + dx), min(1.0, y1 + dy))
     return CropBox(tuple(float(v) for v in box))
 
 
-def _implausible(binary: np.ndarray) -> str | None:
-    """The reason a binary lung mask cannot be trusted, or None."""
+def _extent(binary: np.ndarray) -> tuple[float, float, float, float] | None:
+    """(x0, x1, y0, y1) in pixels: the 0.5th and 99.5th percentiles of the set pixels' columns and rows, not
+    min/max, so that a few stray pixels do not stretch the box; None for an empty mask."""
+    ys, xs = np.nonzero(binary)
+    if not len(xs):
+        return None
+    (x0, x1), (y0, y1) = np.percentile(xs, [0.5, 99.5]), np.percentile(ys, [0.5, 99.5])
+    return x0, x1, y0, y1
+
+
+def _implausible(binary: np.ndarray, extent: tuple[float, float, float, float] | None) -> str | None:
+    """The reason a binary lung mask with this _extent cannot be trusted, or None."""
     height, width = binary.shape
     area = binary.mean()
     if area < MIN_AREA:
@@ -55,9 +65,8 @@ def _implausible(binary: np.ndarray) -> str | None:
     left, right = binary[:, : width // 2].sum(), binary[:, width // 2:].sum()
     if min(left, right) < MIN_SIDE_BALANCE * max(left, right):
         return "one lung only"
-    ys, xs = np.nonzero(binary)
-    box_w = (np.percentile(xs, 99.5) - np.percentile(xs, 0.5) + 1) / width
-    box_h = (np.percentile(ys, 99.5) - np.percentile(ys, 0.5) + 1) / height
+    x0, x1, y0, y1 = extent
+    box_w, box_h = (x1 - x0 + 1) / width, (y1 - y0 + 1) / height
     if box_w < MIN_WIDTH or box_h < MIN_HEIGHT:
         return f"box {box_w:.2f}x{box_h:.2f} too small"
     aspect = box_w * width / (box_h * height)

@@ -1,5 +1,6 @@
 """Lung crop boxes: a plausible two-lung mask, and the fallback on implausible masks."""
 import numpy as np
+import pytest
 
 from models.crop import CROP_FAILED, FALLBACK_BOX, equalize, mask_to_box
 
@@ -38,6 +39,18 @@ def test_tiny_or_flat_masks_fall_back():
     band[60:72, 5:123] = 1.0
     assert mask_to_box(speck).failure == CROP_FAILED
     assert mask_to_box(band).failure == CROP_FAILED
+
+
+def test_the_box_spans_the_percentiles_of_the_mask_pixels_with_stray_pixels_ignored():
+    """The box is the 0.5th-99.5th percentile of the lung pixels' columns and rows plus the margin, exactly."""
+    mask = two_lungs()
+    mask[5, 2] = mask[120, 125] = 1.0  # strays: min/max would stretch the box to them
+    ys, xs = np.nonzero(mask > 0.5)
+    x0, x1 = np.percentile(xs, 0.5) / 128, (np.percentile(xs, 99.5) + 1) / 128
+    y0, y1 = np.percentile(ys, 0.5) / 128, (np.percentile(ys, 99.5) + 1) / 128
+    dx, dy = (x1 - x0) * 0.08, (y1 - y0) * 0.08
+    assert mask_to_box(mask).box == pytest.approx((x0 - dx, y0 - dy, x1 + dx, y1 + dy), abs=1e-12)
+    assert mask_to_box(mask).box[0] > 2 / 128
 
 
 def test_equalize_spreads_a_narrow_range():
