@@ -97,7 +97,7 @@ class Screener:
         self.scope = scope
         # One BLAS thread in any process that runs the models: after each NumPy matrix product its BLAS threads
         # spin for a while and take the cores from TensorFlow's next operation. On 2 cores the ensemble ran at
-        # 178 films/s with them and 312 without (bench/run's b: 86 -> 122 films/s).
+        # 178 films/s with them and 312 without (bench/run's b: 86 -> 127 films/s).
         threadpool_limits(1, user_api="blas")
         self._segment = compiled(segmenter)
         self._ensemble = ensemble_pass(classifiers)
