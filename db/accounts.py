@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 from zxcvbn import zxcvbn
 
 from db.models import ROLES, ApiToken, AuditEvent, Department, User, as_utc, utcnow
@@ -196,7 +196,7 @@ TOKEN_USE_RECORDED_EVERY = timedelta(minutes=1)
 
 def user_for_token(session: Session, token: str) -> User | None:
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token),
-                                                ApiToken.revoked_at.is_(None)))
+                                                ApiToken.revoked_at.is_(None)).options(joinedload(ApiToken.user)))
     if row is None or not row.user.active or token_expired(row):
         return None
     now = utcnow()

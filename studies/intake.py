@@ -115,10 +115,13 @@ def _add_studies(session: Session, batch: Batch, entries: list[tuple]) -> list[i
     studies = [_study(batch.id, *entry) for entry in entries]
     session.add_all(studies)
     session.flush()
-    results = attach(session, batch, studies)  # each image joins its radiology study
+    attach(session, batch, studies)  # each image joins its radiology study
     screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
     held = link_duplicates(session, screened)  # same content as an earlier study: no second inference
-    refresh_many(session, results)
+    # A film without a StudyInstanceUID got a result of its own just now; while the film waits in the queue that
+    # result is as made (registered, pending): only the others can have changed.
+    refresh_many(session, {study.study_result_id for study in studies
+                           if study.study_instance_uid or study.status != StudyStatus.QUEUED or study.id in held})
     return [study.id for study in screened if study.id not in held]
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
@@ -201,10 +201,13 @@ def _claim(sessions: sessionmaker[Session], study_ids: list[int], qa_share: floa
                     error=f"gave up after {MAX_ATTEMPTS} attempts (worker crashed on this batch)"))
         ids = list(study_ids)
         if fill_to > len(ids):
+            # The task's own studies that another batch has screened already leave their room to others.
+            own = session.scalar(select(func.count()).select_from(Study)
+                                 .where(Study.id.in_(ids), Study.status.in_(UNFINISHED)))
             ids += session.scalars(
                 select(Study.id).where(Study.status == StudyStatus.QUEUED, Study.duplicate_of_id.is_(None),
                                        Study.attempts < MAX_ATTEMPTS, Study.id.not_in(ids))
-                .order_by(Study.id).limit(fill_to - len(ids)).with_for_update(skip_locked=True)).all()
+                .order_by(Study.id).limit(fill_to - own).with_for_update(skip_locked=True)).all()
         alive = select(Worker.id).where(Worker.heartbeat_at >= heartbeat_cutoff(heartbeat_s), Worker.id != me)
         claimable = or_(Study.status == StudyStatus.QUEUED,
                         and_(Study.status == StudyStatus.RUNNING,

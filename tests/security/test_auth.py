@@ -79,13 +79,17 @@ def test_tokens_are_named_hashed_tracked_and_revocable(app, world):
         first_use = session.get(ApiToken, row.id).last_used_at
         assert first_use is not None
     # Kept to the minute: a script's next requests are no database writes...
-    writes = []
+    writes, user_reads = [], []
     event.listen(services.engine, "before_cursor_execute",
                  lambda conn, cursor, statement, *args: writes.append(statement) if "UPDATE api_tokens" in statement
+                 else None)
+    event.listen(services.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: user_reads.append(statement) if "FROM users" in statement
                  else None)
     for _ in range(3):
         assert app.test_client().get("/api/v1/batches/999", headers=bearer(token)).status_code == 404
     assert writes == []
+    assert user_reads == []  # the token comes with its user: one query a request, not two
     # ...until a minute has gone by.
     with services.sessions.begin() as session:
         session.get(ApiToken, row.id).last_used_at = first_use - timedelta(minutes=2)

@@ -154,3 +154,9 @@ def test_dynamic_batching_fills_a_batch_with_other_uploads_oldest_first(app, use
     assert pipeline.run_batch(services.sessions, services.storage, stub_screener, uploads[3][:1],
                               fill_to=6)["done"] == 1
     assert stub_screener.images == 7  # nothing screened twice
+    # A message whose own studies are done leaves their room to others: a full batch of them.
+    later = [_studies(services, 2, seed=200 + 10 * n) for n in range(4)]
+    assert pipeline.run_batch(services.sessions, services.storage, stub_screener, uploads[1], fill_to=6) == \
+        {"done": 6, "error": 0, "skipped": 0}
+    assert _statuses(services, [i for upload in later for i in upload]) == ["done"] * 6 + ["queued"] * 2
+    assert stub_screener.images == 13

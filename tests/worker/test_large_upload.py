@@ -95,3 +95,34 @@ def test_a_large_upload_is_queued_chunk_by_chunk_and_receiving_until_its_last_fi
         progress = batch_progress(session, [batch.id])[batch.id]
         assert progress["status"] == "queued" and progress["total"] == 10 and progress["rejected"] == 1
         assert session.get(Batch, batch.id).received_at is not None
+
+
+def test_new_films_without_a_study_uid_are_not_recomputed_at_intake(app, monkeypatch):
+    """Each such film's result is made with it and stays `registered` while it is queued: the intake reads no
+    result, prediction or flag back (three queries a chunk saved); a copy of a screened film is still reported."""
+    from db.models import StudyResult
+
+    services = services_of(app)
+    monkeypatch.setattr(services, "enqueue", lambda ids: None)
+    monkeypatch.setattr(services, "settings", replace(services.settings, batch_size=150))
+    with services.sessions.begin() as session:
+        user = create_user(session, "u", "uploader", None).id
+    first, _ = intake.submit_batch(services, _items(2), user, "api")
+    with services.sessions.begin() as session:  # the first film screened
+        study = session.scalars(select(Study).where(Study.batch_id == first.id).order_by(Study.id)).first()
+        study.status = StudyStatus.DONE
+        session.add(Prediction(study_id=study.id, model_name="m", model_version="1", probability=0.9,
+                               prediction="PNEUMONIA", threshold=0.5, crop_box=[0, 0, 1, 1]))
+    statements: list[str] = []
+    event.listen(services.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: statements.append(statement))
+    fresh, _ = intake.submit_batch(services, _items(20, seed=1), user, "api")
+    assert not [s for s in statements if s.lstrip().startswith("SELECT") and "FROM study_results" in s]
+    copy, _ = intake.submit_batch(services, _items(1), user, "api")  # the screened film again
+    with services.sessions() as session:
+        made = session.scalars(select(StudyResult).join(Study, Study.study_result_id == StudyResult.id)
+                               .where(Study.batch_id == fresh.id)).all()
+        assert len(made) == 20 and {(r.status, r.scope, r.version) for r in made} == {("registered", "pending", 1)}
+        copied = session.scalars(select(StudyResult).join(Study, Study.study_result_id == StudyResult.id)
+                                 .where(Study.batch_id == copy.id)).one()
+        assert (copied.call, copied.status) == ("PNEUMONIA", "final")
