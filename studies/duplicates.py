@@ -2,7 +2,7 @@
 import logging
 from typing import Iterable
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import UNFINISHED, Batch, FlagStatus, Prediction, Review, ReviewFlag, Study, StudyStatus, utcnow
@@ -16,15 +16,13 @@ LOOKUP_CHUNK = 500
 ANSWER = (selectinload(Study.prediction), selectinload(Study.flag))
 
 
-def link_duplicates(session: Session, studies: Iterable[Study]) -> set[int]:
-    """Point each study at an earlier one with the same content in the same department; returns the ids
-    needing no inference. Never across departments: each has its own operating point and its own results."""
+def link_duplicates(session: Session, batch: Batch, studies: Iterable[Study]) -> set[int]:
+    """Point each new study of `batch` at an earlier one with the same content in the batch's department; returns
+    the ids needing no inference. Never across departments: each has its own operating point and results."""
     held, studies = set(), sorted(studies, key=lambda study: study.id)
-    departments = _departments(session, studies)
-    first = _first_copies(session, studies, departments)
+    first = _first_copies(session, studies, batch.department_id)
     copies = [(study, original) for study in studies
-              if (original := first.get((departments[study.batch_id], study.content_sha256))) is not None
-              and original.id < study.id]
+              if (original := first.get(study.content_sha256)) is not None and original.id < study.id]
     answers = _answering(session, {original.id for _, original in copies if original.status == StudyStatus.DONE})
     for study, original in copies:
         study.duplicate_of_id = original.id
@@ -43,31 +41,19 @@ def _answering(session: Session, original_ids: set[int]) -> dict[int, Study]:
         select(Study).where(Study.id.in_(original_ids)).options(*ANSWER))}
 
 
-def _departments(session: Session, studies: list[Study]) -> dict[int, int | None]:
-    """Batch id -> its department, in one query (not a lookup per study: the session holds loaded rows only
-    weakly, so a batch looked up and dropped is fetched again for the next study)."""
-    batch_ids = {study.batch_id for study in studies}
-    if not batch_ids:
-        return {}
-    return dict(session.execute(select(Batch.id, Batch.department_id).where(Batch.id.in_(batch_ids))).all())
-
-
-def _first_copies(session: Session, studies: list[Study],
-                  departments: dict[int, int | None]) -> dict[tuple[int | None, str], Study]:
-    """(department, content hash) -> the earliest study that can answer for that content, in a few queries
+def _first_copies(session: Session, studies: list[Study], department_id: int | None) -> dict[str, Study]:
+    """Content hash -> the earliest study of the department that can answer for that content, in a few queries
     (one per LOOKUP_CHUNK hashes) however many studies arrive: a large upload holds its transaction briefly."""
-    first: dict[tuple[int | None, str], Study] = {}
+    first: dict[str, Study] = {}
     hashes = sorted({study.content_sha256 for study in studies})
-    wanted = set(departments.values())
     for start in range(0, len(hashes), LOOKUP_CHUNK):
-        rows = session.execute(
-            select(Study, Batch.department_id).join(Batch, Study.batch_id == Batch.id)
-            .where(Study.content_sha256.in_(hashes[start:start + LOOKUP_CHUNK]), Study.duplicate_of_id.is_(None),
-                   Study.status != StudyStatus.ERROR, Study.not_applicable.is_(None),
-                   or_(*(Batch.department_id.is_not_distinct_from(department) for department in wanted)))
-            .order_by(Study.id)).all()
-        for study, department_id in rows:
-            first.setdefault((department_id, study.content_sha256), study)
+        for study in session.scalars(
+                select(Study).join(Batch, Study.batch_id == Batch.id)
+                .where(Study.content_sha256.in_(hashes[start:start + LOOKUP_CHUNK]), Study.duplicate_of_id.is_(None),
+                       Study.status != StudyStatus.ERROR, Study.not_applicable.is_(None),
+                       Batch.department_id.is_not_distinct_from(department_id))
+                .order_by(Study.id)):
+            first.setdefault(study.content_sha256, study)
     return first
 
 

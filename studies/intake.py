@@ -1,6 +1,7 @@
 """Accept what was handed over as a batch: store each good file, record its study, queue the new ones."""
 import logging
 import os
+from datetime import datetime
 from typing import Iterable, Iterator
 
 from sqlalchemy.orm import Session
@@ -57,8 +58,10 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     rejected, pending, accepted = [], [], 0
     batch_id = None
 
-    def batch_in(session: Session) -> Batch:  # opened with the first chunk written
-        return session.get(Batch, batch_id) if batch_id else _new_batch(session, user_id, source, department_id)
+    def batch_in(session: Session, last: bool = False) -> Batch:  # opened with the first chunk written
+        if batch_id:
+            return session.get(Batch, batch_id)
+        return _new_batch(session, user_id, source, department_id, received_at=utcnow() if last else None)
 
     for item in items:
         if item.error:
@@ -87,9 +90,10 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     # The last chunk and the batch's closing in one transaction (a small upload: its only one). A batch whose
     # every file was refused is still recorded: the uploader sees what was refused and why.
     with services.sessions.begin() as session:
-        batch = batch_in(session)
+        batch = batch_in(session, last=True)
         queued = _add_studies(session, batch, pending)
-        batch.received_at = utcnow()
+        if batch.received_at is None:  # opened by an earlier chunk
+            batch.received_at = utcnow()
         audit(session, user_id, "batch.upload", "batch", batch.id, studies=accepted,
               rejected=len(rejected), source=source, **(sender or {}))
         record_rejections(session, batch.id, rejected)
@@ -97,12 +101,13 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     return batch, rejected
 
 
-def _new_batch(session: Session, user_id: int, source: str, department_id: int | None) -> Batch:
-    """A new batch, `receiving`; in the uploader's department unless one is given."""
+def _new_batch(session: Session, user_id: int, source: str, department_id: int | None,
+               received_at: datetime | None) -> Batch:
+    """A new batch, `receiving` until `received_at`; in the uploader's department unless one is given."""
     uploader = session.get(User, user_id)
     if department_id is None and uploader is not None:
         department_id = uploader.department_id
-    batch = Batch(created_by=user_id, source=source, department_id=department_id)
+    batch = Batch(created_by=user_id, source=source, department_id=department_id, received_at=received_at)
     session.add(batch)
     session.flush()
     return batch
@@ -117,7 +122,7 @@ def _add_studies(session: Session, batch: Batch, entries: list[tuple]) -> list[i
     session.flush()
     attach(session, batch, studies)  # each image joins its radiology study
     screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
-    held = link_duplicates(session, screened)  # same content as an earlier study: no second inference
+    held = link_duplicates(session, batch, screened)  # same content as an earlier study: no second inference
     # A film without a StudyInstanceUID got a result of its own just now; while the film waits in the queue that
     # result is as made (registered, pending): only the others can have changed.
     refresh_many(session, {study.study_result_id for study in studies

@@ -126,3 +126,20 @@ def test_new_films_without_a_study_uid_are_not_recomputed_at_intake(app, monkeyp
         copied = session.scalars(select(StudyResult).join(Study, Study.study_result_id == StudyResult.id)
                                  .where(Study.batch_id == copy.id)).one()
         assert (copied.call, copied.status) == ("PNEUMONIA", "final")
+
+
+def test_a_small_upload_writes_its_batch_once_and_reads_it_never(app, monkeypatch):
+    """One chunk, one transaction: the batch is inserted already received, and the duplicate lookup takes its
+    department from it rather than reading it back."""
+    services = services_of(app)
+    monkeypatch.setattr(services, "enqueue", lambda ids: None)
+    with services.sessions.begin() as session:
+        user = create_user(session, "u", "uploader", None, department_id=ensure_department(session, "A").id).id
+    statements: list[str] = []
+    event.listen(services.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: statements.append(statement))
+    batch, _ = intake.submit_batch(services, _items(3), user, "api")
+    assert len([s for s in statements if s.lstrip().startswith("INSERT INTO batches")]) == 1
+    assert not [s for s in statements if s.lstrip().startswith(("UPDATE batches", "SELECT batches"))]
+    with services.sessions() as session:
+        assert session.get(Batch, batch.id).received_at is not None
