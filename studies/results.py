@@ -49,8 +49,8 @@ def group_key(department_id: int | None, created_by: int, study_instance_uid: st
         else f"u{created_by}:{study_instance_uid}"
 
 
-def attach(session: Session, batch: Batch, images: Iterable[Study]) -> set[int]:
-    """Give each new image of `batch` its study result (made when new); returns the result ids touched.
+def attach(session: Session, batch: Batch, images: Iterable[Study]) -> None:
+    """Give each new image of `batch` its study result (made when new).
 
     Two uploads of one study may arrive at once: the result row is inserted with ON CONFLICT DO NOTHING on its
     key and then read, so both end up in the same row. Images without a StudyInstanceUID are studies of their
@@ -72,7 +72,6 @@ def attach(session: Session, batch: Batch, images: Iterable[Study]) -> set[int]:
             if getattr(result, column) is None and getattr(image, column) is not None:
                 setattr(result, column, getattr(image, column))
     session.flush()
-    return {image.study_result_id for image in images}
 
 
 def _result_for(session: Session, key: str, department_id: int | None, image: Study) -> StudyResult:
