@@ -149,7 +149,7 @@ def _is_junk(filename: str) -> bool:
     return filename.startswith("__MACOSX/") or base.startswith(".")
 
 
-def walk(paths: list[Path], rules: tuple = ()) -> Iterator[Item]:
+def walk(paths: list[Path], rules: tuple[RoutingRule, ...] = ()) -> Iterator[Item]:
     """Images under files, folders (recursive) and zip files, named by the path as found (`rules`: the site's
     routing rules, as for `expand`)."""
     for root in paths:
@@ -165,4 +165,4 @@ def walk(paths: list[Path], rules: tuple = ()) -> Iterator[Item]:
             except OSError as exc:
                 yield Item(str(path), error=f"cannot read file: {exc.strerror}")
                 continue
-            yield from expand(str(path), data)
+            yield from expand(str(path), data, rules)

@@ -2,6 +2,7 @@
 through the rules, the upload API and the real DICOM listener (pynetdicom as the sending PACS)."""
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from db.models import Study
 from models.dicom import decode_dicom
 from pneumoscreen.app import create_app
 from pneumoscreen.dicom_listen import Listener
-from studies.files import expand
+from studies.files import expand, walk
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
 from tests.helpers import bearer, free_port, png_bytes, zip_bytes
 
@@ -110,6 +111,19 @@ def test_site_rules_come_first(tmp_path):
     assert next(expand("ct.dcm", to_bytes(dataset(chest_pixels(), modality="CT")), rules)).not_applicable is None
     plan = next(expand("p.dcm", to_bytes(no_pixels(RTPlanStorage, "RTPLAN")), rules))
     assert plan.dicom_status == 0x0122 and "no RT plans here" in plan.error
+
+
+def test_site_rules_apply_to_files_on_disk_too(tmp_path):
+    """`pneumoscreen screen` reads folders through walk(): the site's rules route those files as they route
+    uploads (walk once dropped them, and an adult film was screened where the site ignores adults)."""
+    rules = routing_rules(_rules(tmp_path, [{"age_from": 16, "action": "ignore", "reason": "children only"}]))
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / "adult.dcm").write_bytes(to_bytes(dataset(chest_pixels(), PatientAge="040Y")))
+    (folder / "child.dcm").write_bytes(to_bytes(dataset(chest_pixels(), PatientAge="004Y")))
+    items = {Path(item.name).name: item for item in walk([folder], rules)}
+    assert items["adult.dcm"].not_applicable.startswith("children only (")
+    assert items["child.dcm"].not_applicable is None and items["child.dcm"].error is None
 
 
 @pytest.mark.parametrize("rules, message", [
