@@ -4,7 +4,7 @@
     {"dicom": {"ae_title": "PACS", "host": "10.0.0.5", "port": 104, "send": ["sr", "sc"]},
      "hl7": {"host": "ris.local", "port": 2575, "receiving_application": "RIS", "receiving_facility": "HOSP"},
      "fhir": {"url": "https://fhir.example/fhir", "token": "..."}}
-`queue_for` writes one pending `OutboundMessage` per kind ("sr", "sc", "hl7", "fhir") for each version of a
+`queue_many` writes one pending `OutboundMessage` per kind ("sr", "sc", "hl7", "fhir") for each version of a
 result that says something (never `registered`); worker/outbound.py delivers them. A message is built when it
 is sent, from the result as it then stands, so an older version still waiting when a newer one is queued is
 `superseded` (its content no longer exists; the newer message carries the current one). A version that went
@@ -239,48 +239,70 @@ def set_config(session: Session, department: Department, config: object, actor_i
 # --- the queue -----------------------------------------------------------------------------------------------
 
 def queue_for(session: Session, result: StudyResult) -> list[OutboundMessage]:
-    """One pending message per destination kind of the result's department for its current version (never twice:
-    checked here, and the unique constraint settles a race); older versions still pending are superseded."""
-    if result.status not in SENT_STATUSES or result.department_id is None:
+    """`queue_many` for one result."""
+    return queue_many(session, [result])
+
+
+def queue_many(session: Session, results: list[StudyResult]) -> list[OutboundMessage]:
+    """One pending message per destination kind of each result's department for its current version (never twice:
+    checked here, and the unique constraint settles a race); older versions still pending are superseded.
+
+    A fixed number of statements however many results: a worker batch of 32 films for a department with two
+    destinations took 267 statements when each result queued its own."""
+    results = [result for result in results if result.status in SENT_STATUSES and result.department_id is not None]
+    if not results:
         return []
-    department = session.get(Department, result.department_id)
-    targets = destinations(department.outbound if department else None)
-    for kind in _nothing_to_send(result):
-        targets.pop(kind, None)
+    departments = {department.id: department for department in session.scalars(
+        select(Department).where(Department.id.in_({result.department_id for result in results})))}
+    targets = {}
+    for result in results:
+        department = departments.get(result.department_id)
+        kinds = destinations(department.outbound if department else None)
+        for kind in _nothing_to_send(result):
+            kinds.pop(kind, None)
+        if kinds:
+            targets[result.id] = (result, kinds)
     if not targets:
         return []
-    superseded = session.scalars(
-        update(OutboundMessage).where(OutboundMessage.study_result_id == result.id,
-                                      OutboundMessage.result_version < result.version,
+    session.flush()  # the results' current versions, which the statements below compare with
+    current = select(StudyResult.version).where(StudyResult.id == OutboundMessage.study_result_id).scalar_subquery()
+    superseded = session.execute(
+        update(OutboundMessage).where(OutboundMessage.study_result_id.in_(targets),
+                                      OutboundMessage.result_version < current,
                                       OutboundMessage.state == OutboundState.PENDING)
-        .values(state=OutboundState.SUPERSEDED).returning(OutboundMessage.id)).all()
-    for message_id in superseded:
-        audit(session, None, "outbound.superseded", "outbound_message", message_id, by_version=result.version)
-    queued = _queued_kinds(session, result)
-    dialect = {"postgresql": postgresql, "sqlite": sqlite}[session.bind.dialect.name]
-    new_ids = []
-    for kind, destination in targets.items():
-        if kind in queued:
-            continue
-        now = utcnow()
-        message_id = session.scalar(dialect.insert(OutboundMessage).values(
-            study_result_id=result.id, kind=kind, result_version=result.version, destination=destination[:200],
-            state=OutboundState.PENDING, attempts=0, next_attempt_at=now, created_at=now)
-            .on_conflict_do_nothing(index_elements=["study_result_id", "kind", "result_version"])
-            .returning(OutboundMessage.id))
-        if message_id is not None:
-            audit(session, None, "outbound.queued", "outbound_message", message_id, study_result=result.id,
-                  kind=kind, version=result.version, status=result.status, destination=destination)
-            new_ids.append(message_id)
-    if not new_ids:
+        .values(state=OutboundState.SUPERSEDED).returning(OutboundMessage.id, OutboundMessage.study_result_id)
+        .execution_options(synchronize_session="fetch")).all()
+    for message_id, result_id in sorted(superseded):
+        audit(session, None, "outbound.superseded", "outbound_message", message_id,
+              by_version=targets[result_id][0].version)
+    queued = _queued(session, list(targets))
+    now = utcnow()
+    rows = [dict(study_result_id=result.id, kind=kind, result_version=result.version, destination=destination[:200],
+                 state=OutboundState.PENDING, attempts=0, next_attempt_at=now, created_at=now)
+            for result, kinds in targets.values() for kind, destination in kinds.items()
+            if (result.id, kind) not in queued]
+    if not rows:
         return []
-    return list(session.scalars(select(OutboundMessage).where(OutboundMessage.id.in_(new_ids))
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}[session.bind.dialect.name]
+    written = session.execute(
+        dialect.insert(OutboundMessage).values(rows)
+        .on_conflict_do_nothing(index_elements=["study_result_id", "kind", "result_version"])
+        .returning(OutboundMessage.id, OutboundMessage.study_result_id, OutboundMessage.kind)).all()
+    for message_id, result_id, kind in sorted(written):
+        result, kinds = targets[result_id]
+        audit(session, None, "outbound.queued", "outbound_message", message_id, study_result=result_id,
+              kind=kind, version=result.version, status=result.status, destination=kinds[kind])
+    if not written:
+        return []
+    return list(session.scalars(select(OutboundMessage).where(OutboundMessage.id.in_([row[0] for row in written]))
                                 .order_by(OutboundMessage.id)))
 
 
-def _queued_kinds(session: Session, result: StudyResult) -> set[str]:
-    return set(session.scalars(select(OutboundMessage.kind).where(
-        OutboundMessage.study_result_id == result.id, OutboundMessage.result_version == result.version)))
+def _queued(session: Session, result_ids: list[int]) -> set[tuple[int, str]]:
+    """(result id, kind) of the messages already written for these results' current versions."""
+    current = select(StudyResult.version).where(StudyResult.id == OutboundMessage.study_result_id).scalar_subquery()
+    return set(map(tuple, session.execute(select(OutboundMessage.study_result_id, OutboundMessage.kind).where(
+        OutboundMessage.study_result_id.in_(result_ids), OutboundMessage.result_version == current))))
 
 
 def _nothing_to_send(result: StudyResult) -> set[str]:

@@ -32,7 +32,7 @@ from db.models import (
 )
 from db.session import audit
 from models.reasons import FlagReason
-from studies.outbound import queue_for
+from studies.outbound import queue_many
 from studies.scope import header_in_scope, is_frontal, readable
 
 logger = logging.getLogger(__name__)
@@ -86,8 +86,8 @@ def _result_for(session: Session, key: str, department_id: int | None, image: St
 def refresh_many(session: Session, result_ids: Iterable[int]) -> int:
     """Recompute study results from their images; on any change raise the version, audit it and queue it for
     the department's destinations. Returns how many changed. The rows are locked in id order (the same order in
-    every transaction): workers finishing images of one study at once take turns. Two queries for the lot,
-    however many results a worker batch touches."""
+    every transaction): workers finishing images of one study at once take turns. A fixed number of queries for
+    the lot, however many results a worker batch touches."""
     ids = sorted(set(result_ids))
     if not ids:
         return 0
@@ -99,7 +99,9 @@ def refresh_many(session: Session, result_ids: Iterable[int]) -> int:
             .options(selectinload(Study.prediction), selectinload(Study.flag).selectinload(ReviewFlag.reviews))
             .execution_options(populate_existing=True)):
         images[image.study_result_id].append(image)
-    return sum(_refresh(session, result, images[result.id]) for result in results)
+    changed = [result for result in results if _refresh(session, result, images[result.id])]
+    queue_many(session, changed)
+    return len(changed)
 
 
 def refresh_backfilled(session: Session) -> int:
@@ -119,7 +121,6 @@ def _refresh(session: Session, result: StudyResult, images: list[Study]) -> bool
     result.updated_at = utcnow()
     audit(session, None, "result.update", "study_result", result.id, version=result.version, status=result.status,
           scope=result.scope, call=result.call, review_decision=result.review_decision)
-    queue_for(session, result)
     return True
 
 

@@ -112,7 +112,7 @@ def test_the_constraint_settles_a_race_the_check_missed(sessions, monkeypatch):
         result_id = make_result(session).id
     with sessions.begin() as session:
         queue_for(session, session.get(StudyResult, result_id))
-    monkeypatch.setattr(outbound, "_queued_kinds", lambda session, result: set())
+    monkeypatch.setattr(outbound, "_queued", lambda session, result_ids: set())
     with sessions.begin() as session:
         assert queue_for(session, session.get(StudyResult, result_id)) == []
         assert session.scalar(select(func.count(OutboundMessage.id))) == 4
@@ -197,3 +197,43 @@ def test_set_config_is_audited_without_the_token(sessions):
         assert department.outbound["fhir"]["token"] == "s3cret"
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "department.outbound")).one()
         assert event.detail["outbound"]["fhir"]["token"] == "(set)" and "s3cret" not in str(event.detail)
+
+
+def test_a_batch_of_results_is_queued_in_a_few_statements(sessions):
+    """A worker batch refreshes up to 32 results at once. Queued one result at a time, a batch of 32 films for a
+    department with two destinations took 267 statements; now the queue's own do not grow with the results (the
+    old code made 96 here), and each result gets its own messages, superseding only its own older pending ones."""
+    from sqlalchemy import event
+
+    from studies.outbound import queue_many
+
+    with sessions.begin() as session:
+        ids = [make_result(session, accession_number=f"A{i}").id for i in range(12)]
+        queue_many(session, [session.get(StudyResult, result_id) for result_id in ids[:4]])  # version 1 pending
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(sessions.kw["bind"], "before_cursor_execute", count)
+    with sessions.begin() as session:
+        results = [session.get(StudyResult, result_id) for result_id in ids]
+        for result in results[:4]:
+            result.version, result.status = 2, "amended"
+        session.flush()
+        statements.clear()
+        queued = queue_many(session, results)
+    event.remove(sessions.kw["bind"], "before_cursor_execute", count)
+    # The audit rows go with the transaction's flush (one insert on PostgreSQL, one a row on SQLite, as any).
+    queue_statements = [s for s in statements if "outbound_messages" in s or "FROM departments" in s]
+    assert len(queue_statements) <= 5, [s[:60] for s in queue_statements]
+    assert sorted((m.study_result_id, m.kind) for m in queued) == \
+        sorted((result_id, kind) for result_id in ids for kind in ("sr", "sc", "hl7", "fhir"))
+    with sessions() as session:
+        for result_id in ids:
+            rows = messages_of(session, result_id, OutboundMessage.result_version, OutboundMessage.state)
+            expected = [(1, "superseded")] * 4 + [(2, "pending")] * 4 if result_id in ids[:4] else [(1, "pending")] * 4
+            assert rows == expected, (result_id, rows)
+        superseded = session.scalars(select(AuditEvent).where(AuditEvent.action == "outbound.superseded")).all()
+        assert len(superseded) == 16 and {row.detail["by_version"] for row in superseded} == {2}
+        assert session.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.action == "outbound.queued")) == 64
