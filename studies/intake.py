@@ -119,8 +119,7 @@ def _add_studies(session: Session, batch: Batch, entries: list[tuple]) -> list[i
         return []
     studies = [_study(batch.id, *entry) for entry in entries]
     session.add_all(studies)
-    session.flush()
-    attach(session, batch, studies)  # each image joins its radiology study
+    attach(session, batch, studies)  # each image joins its radiology study; all are flushed then
     screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
     held = link_duplicates(session, batch, screened)  # same content as an earlier study: no second inference
     # A film without a StudyInstanceUID got a result of its own just now; while the film waits in the queue that

@@ -50,24 +50,22 @@ def group_key(department_id: int | None, created_by: int, study_instance_uid: st
 
 
 def attach(session: Session, batch: Batch, images: Iterable[Study]) -> None:
-    """Give each new image of `batch` its study result (made when new).
+    """Give each new image of `batch` (added to the session, not yet flushed) its study result (made when new),
+    then flush them.
 
     Two uploads of one study may arrive at once: the result row is inserted with ON CONFLICT DO NOTHING on its
     key and then read, so both end up in the same row. Images without a StudyInstanceUID are studies of their
-    own: their rows are inserted together, in one flush."""
-    images = list(images)
-    keys = {image.id: group_key(batch.department_id, batch.created_by, image.study_instance_uid) for image in images}
-    alone = [image for image in images if keys[image.id] is None]
-    results = {image.id: StudyResult(department_id=batch.department_id) for image in alone}
-    session.add_all(results.values())
-    session.flush()
+    own: their results and they are inserted in one flush, each image with its result's id already set."""
     by_key: dict[str, StudyResult] = {}
     for image in images:
-        key = keys[image.id]
-        if key is not None and key not in by_key:
-            by_key[key] = _result_for(session, key, batch.department_id, image)
-        result = by_key[key] if key is not None else results[image.id]
-        image.study_result_id = result.id
+        key = group_key(batch.department_id, batch.created_by, image.study_instance_uid)
+        if key is None:
+            result = StudyResult(department_id=batch.department_id)
+        else:
+            if key not in by_key:
+                by_key[key] = _result_for(session, key, batch.department_id, image)
+            result = by_key[key]
+        image.study_result = result
         for column in ("accession_number", "study_date", "acquired_at"):
             if getattr(result, column) is None and getattr(image, column) is not None:
                 setattr(result, column, getattr(image, column))

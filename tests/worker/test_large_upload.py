@@ -143,3 +143,21 @@ def test_a_small_upload_writes_its_batch_once_and_reads_it_never(app, monkeypatc
     assert not [s for s in statements if s.lstrip().startswith(("UPDATE batches", "SELECT batches"))]
     with services.sessions() as session:
         assert session.get(Batch, batch.id).received_at is not None
+
+
+def test_new_films_are_inserted_with_their_result_and_never_updated_for_it(app, monkeypatch):
+    """A film without a StudyInstanceUID gets a result of its own: the result is inserted first and the film with
+    its id, in one flush (the intake updated every new film's row after inserting it, one statement a chunk)."""
+    services = services_of(app)
+    monkeypatch.setattr(services, "enqueue", lambda ids: None)
+    with services.sessions.begin() as session:
+        user = create_user(session, "u", "uploader", None).id
+    statements: list[str] = []
+    event.listen(services.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: statements.append(statement))
+    batch, _ = intake.submit_batch(services, _items(4), user, "api")
+    assert not [s for s in statements if s.lstrip().startswith("UPDATE studies")]
+    with services.sessions() as session:
+        studies = session.scalars(select(Study).where(Study.batch_id == batch.id)).all()
+        assert len(studies) == 4 and len({study.study_result_id for study in studies} - {None}) == 4
+        assert all(study.study_result.status == "registered" for study in studies)
