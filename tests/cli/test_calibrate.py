@@ -1,6 +1,7 @@
 """`pneumoscreen calibrate`, `calibration list|activate` and `screen --department`, on SQLite and PostgreSQL."""
 import csv
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -23,6 +24,7 @@ def _env(tmp_path, database_url, tiny_weights) -> dict[str, str]:
             "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights)}
 
 
+@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
 def test_calibrate_stores_versions_that_screen_uses_and_that_roll_back(tmp_path, database_url, tiny_weights):
     env, run = _env(tmp_path, database_url, tiny_weights), CliRunner().invoke
     folder = _labelled_folder(tmp_path / "sample", 10, 10)

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 import training.recalibrate as recalibrate_module
 from models.screener import Screener
@@ -15,6 +16,7 @@ PER_CLASS = 12
 STALE = {"method": "platt", "scale": 4.0, "bias": 3.0}
 
 
+@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
 def test_flag_policy_uses_mc_high_under_the_refitted_calibration(tmp_path, tiny_bundle, monkeypatch):
     data = tmp_path / "data"
     for label, films in (("NORMAL", chest_films(normal=PER_CLASS)), ("PNEUMONIA", chest_films(0, PER_CLASS))):
