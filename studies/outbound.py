@@ -265,10 +265,9 @@ def queue_many(session: Session, results: list[StudyResult]) -> list[OutboundMes
     if not targets:
         return []
     session.flush()  # the results' current versions, which the statements below compare with
-    current = select(StudyResult.version).where(StudyResult.id == OutboundMessage.study_result_id).scalar_subquery()
     superseded = session.execute(
         update(OutboundMessage).where(OutboundMessage.study_result_id.in_(targets),
-                                      OutboundMessage.result_version < current,
+                                      OutboundMessage.result_version < _current_version(),
                                       OutboundMessage.state == OutboundState.PENDING)
         .values(state=OutboundState.SUPERSEDED).returning(OutboundMessage.id, OutboundMessage.study_result_id)
         .execution_options(synchronize_session="fetch")).all()
@@ -300,9 +299,13 @@ def queue_many(session: Session, results: list[StudyResult]) -> list[OutboundMes
 
 def _queued(session: Session, result_ids: list[int]) -> set[tuple[int, str]]:
     """(result id, kind) of the messages already written for these results' current versions."""
-    current = select(StudyResult.version).where(StudyResult.id == OutboundMessage.study_result_id).scalar_subquery()
     return set(map(tuple, session.execute(select(OutboundMessage.study_result_id, OutboundMessage.kind).where(
-        OutboundMessage.study_result_id.in_(result_ids), OutboundMessage.result_version == current))))
+        OutboundMessage.study_result_id.in_(result_ids), OutboundMessage.result_version == _current_version()))))
+
+
+def _current_version():
+    """The version of a message's result as it stands, for comparing with the message's own."""
+    return select(StudyResult.version).where(StudyResult.id == OutboundMessage.study_result_id).scalar_subquery()
 
 
 def _nothing_to_send(result: StudyResult) -> set[str]:
