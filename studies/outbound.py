@@ -238,11 +238,6 @@ def set_config(session: Session, department: Department, config: object, actor_i
 
 # --- the queue -----------------------------------------------------------------------------------------------
 
-def queue_for(session: Session, result: StudyResult) -> list[OutboundMessage]:
-    """`queue_many` for one result."""
-    return queue_many(session, [result])
-
-
 def queue_many(session: Session, results: list[StudyResult]) -> list[OutboundMessage]:
     """One pending message per destination kind of each result's department for its current version (never twice:
     checked here, and the unique constraint settles a race); older versions still pending are superseded.

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from db import counters
 from db.models import AuditEvent, Department, OutboundMessage, OutboundState, StudyResult
 from db.session import make_engine, make_session_factory
-from studies.outbound import check_config, destinations, queue_for, retry, set_config, shown
+from studies.outbound import check_config, destinations, queue_many, retry, set_config, shown
 
 EVERYTHING = {"dicom": {"ae_title": "PACS", "host": "10.0.0.5", "port": 104, "send": ["sr", "sc"]},
               "hl7": {"host": "ris.local", "port": 2575, "receiving_application": "RIS", "receiving_facility": "HOSP"},
@@ -90,10 +90,10 @@ def test_hostile_configurations_are_refused_with_the_reason(config, complaint):
 def test_one_message_per_kind_and_version_never_twice(sessions):
     with sessions.begin() as session:
         result = make_result(session)
-        first = queue_for(session, result)
+        first = queue_many(session, [result])
         assert sorted(m.kind for m in first) == ["fhir", "hl7", "sc", "sr"]
         assert all(m.state == OutboundState.PENDING and m.result_version == 1 and m.attempts == 0 for m in first)
-        assert queue_for(session, result) == []  # the same version again: nothing new
+        assert queue_many(session, [result]) == []  # the same version again: nothing new
         result_id = result.id
     with sessions.begin() as session:
         assert session.scalar(select(func.count(OutboundMessage.id))) == 4
@@ -111,10 +111,10 @@ def test_the_constraint_settles_a_race_the_check_missed(sessions, monkeypatch):
     with sessions.begin() as session:
         result_id = make_result(session).id
     with sessions.begin() as session:
-        queue_for(session, session.get(StudyResult, result_id))
+        queue_many(session, [session.get(StudyResult, result_id)])
     monkeypatch.setattr(outbound, "_queued", lambda session, result_ids: set())
     with sessions.begin() as session:
-        assert queue_for(session, session.get(StudyResult, result_id)) == []
+        assert queue_many(session, [session.get(StudyResult, result_id)]) == []
         assert session.scalar(select(func.count(OutboundMessage.id))) == 4
 
 
@@ -122,37 +122,37 @@ def test_the_constraint_settles_a_race_the_check_missed(sessions, monkeypatch):
                                             ("amended", True), ("corrected", True), ("cancelled", True)])
 def test_queued_for_every_status_but_registered(sessions, status, queued):
     with sessions.begin() as session:
-        assert bool(queue_for(session, make_result(session, status=status))) is queued
+        assert bool(queue_many(session, [make_result(session, status=status)])) is queued
 
 
 def test_nothing_without_a_department_or_destinations_and_no_dicom_without_a_study(sessions):
     with sessions.begin() as session:
-        assert queue_for(session, make_result(session, config=None)) == []
+        assert queue_many(session, [make_result(session, config=None)]) == []
         orphan = make_result(session)
         orphan.department_id = None
-        assert queue_for(session, orphan) == []
+        assert queue_many(session, [orphan]) == []
         png = make_result(session, study_instance_uid=None)
-        assert sorted(m.kind for m in queue_for(session, png)) == ["fhir", "hl7"]
+        assert sorted(m.kind for m in queue_many(session, [png])) == ["fhir", "hl7"]
         out_of_scope = make_result(session, scope="out_of_scope", call=None, probability=None,
                                    decided_by_image_id=None)
-        assert sorted(m.kind for m in queue_for(session, out_of_scope)) == ["fhir", "hl7", "sr"]
+        assert sorted(m.kind for m in queue_many(session, [out_of_scope])) == ["fhir", "hl7", "sr"]
 
 
 def test_a_newer_version_supersedes_what_is_still_pending_but_not_what_went(sessions):
     with sessions.begin() as session:
         result = make_result(session, status="preliminary", config={"hl7": EVERYTHING["hl7"],
                                                                      "fhir": EVERYTHING["fhir"]})
-        hl7_v1, fhir_v1 = sorted(queue_for(session, result), key=lambda m: m.kind, reverse=True)
+        hl7_v1, fhir_v1 = sorted(queue_many(session, [result]), key=lambda m: m.kind, reverse=True)
         hl7_v1.state = OutboundState.SENT  # the preliminary report reached the RIS, not the FHIR server
         result.version, result.status = 2, "final"
-        queue_for(session, result)
+        queue_many(session, [result])
         session.flush()
         session.refresh(fhir_v1)
         assert fhir_v1.state == OutboundState.SUPERSEDED and hl7_v1.state == OutboundState.SENT
         result.version, result.status = 3, "corrected"  # the final report was sent: its correction follows
         session.execute(OutboundMessage.__table__.update().where(OutboundMessage.result_version == 2)
                         .values(state=OutboundState.SENT))
-        newest = queue_for(session, result)
+        newest = queue_many(session, [result])
         assert sorted((m.kind, m.result_version, m.state) for m in newest) == [
             ("fhir", 3, "pending"), ("hl7", 3, "pending")]
         columns = (OutboundMessage.kind, OutboundMessage.result_version, OutboundMessage.state)
@@ -167,7 +167,7 @@ def test_a_newer_version_supersedes_what_is_still_pending_but_not_what_went(sess
 def test_retry_sends_a_failed_message_again_with_fresh_attempts(sessions):
     with sessions.begin() as session:
         result = make_result(session, config={"hl7": EVERYTHING["hl7"]})
-        message = queue_for(session, result)[0]
+        message = queue_many(session, [result])[0]
         with pytest.raises(ValueError, match="only failed"):
             retry(session, message.id, None, "test")
         message.state, message.attempts, message.last_error = OutboundState.FAILED, 8, "refused"
@@ -204,8 +204,6 @@ def test_a_batch_of_results_is_queued_in_a_few_statements(sessions):
     department with two destinations took 267 statements; now the queue's own do not grow with the results (the
     old code made 96 here), and each result gets its own messages, superseding only its own older pending ones."""
     from sqlalchemy import event
-
-    from studies.outbound import queue_many
 
     with sessions.begin() as session:
         ids = [make_result(session, accession_number=f"A{i}").id for i in range(12)]

@@ -12,7 +12,7 @@ from core.storage import Storage
 from db.accounts import create_user
 from db.models import AuditEvent, Batch, Department, OutboundMessage, ReviewFlag, Study, StudyResult, User, utcnow
 from db.session import make_engine, make_session_factory
-from studies.outbound import check_config, queue_for, retry
+from studies.outbound import check_config, queue_many, retry
 from tests.helpers import free_port, wait_until
 from tests.worker.peers import FhirPeer, MllpPeer
 from worker import outbound
@@ -80,7 +80,7 @@ def add_result(sessions, config: dict, flags=(), **columns) -> int:
         result.decided_by_image_id = image.id
         if flags:
             session.add(ReviewFlag(study_id=image.id, reasons=list(flags)))
-        queue_for(session, result)
+        queue_many(session, [result])
         return result.id
 
 
@@ -100,7 +100,7 @@ def new_version(sessions, result_id: int, status: str, **columns) -> None:
         result.status = status
         for name, value in columns.items():
             setattr(result, name, value)
-        queue_for(session, result)
+        queue_many(session, [result])
 
 
 def test_backoff_doubles_from_30_seconds_up_to_an_hour():
