@@ -24,7 +24,7 @@ def _env(tmp_path, database_url, tiny_weights) -> dict[str, str]:
             "PNEUMOSCREEN_WEIGHTS_DIR": str(tiny_weights)}
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # calibrates and screens folders of films through the CLI, on both databases
 def test_calibrate_stores_versions_that_screen_uses_and_that_roll_back(tmp_path, database_url, tiny_weights):
     env, run = _env(tmp_path, database_url, tiny_weights), CliRunner().invoke
     folder = _labelled_folder(tmp_path / "sample", 10, 10)

@@ -45,7 +45,7 @@ def test_bad_settings_are_named_not_traced(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # a fresh `pneumoscreen` process
 def test_an_unmigrated_postgresql_database_says_what_to_run(tmp_path):
     name = f"pneumoscreen_empty_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:

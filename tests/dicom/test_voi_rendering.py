@@ -44,7 +44,7 @@ def shipped():
     return Screener.load(WEIGHTS_DIR)
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # the shipped models on real films
 def test_a_real_film_without_voi_gets_the_flags_and_probability_of_its_jpeg(shipped):
     folder = data_dir("kermany-fullsize")
     paths = [path for label in ("NORMAL", "PNEUMONIA") for path in sorted((folder / label).glob("*.jpeg"))[:4]]

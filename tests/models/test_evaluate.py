@@ -31,7 +31,7 @@ def test_evaluate_counts_every_image(labelled, tiny_screener):
     assert "sensitivity 0.0000" in format_report(metrics)
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # screens a labelled folder through the CLI
 def test_cli_evaluate_text_and_json(labelled, tiny_bundle, monkeypatch, tmp_path):
     from pneumoscreen.cli import main
 

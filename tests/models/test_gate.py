@@ -125,7 +125,7 @@ def flagged(screener, paths) -> np.ndarray:
     return np.array([FlagReason.OUT_OF_SCOPE in f.reasons for f in findings])
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # the shipped models on real films
 def test_shipped_gate_passes_held_out_pediatric_films(shipped, data_dir):
     from training.data import list_images, patient_split
 
@@ -136,7 +136,7 @@ def test_shipped_gate_passes_held_out_pediatric_films(shipped, data_dir):
     assert oos.mean() <= 0.05, [paths[i].name for i in picks[oos]]
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # the shipped models on real films
 def test_shipped_gate_flags_held_out_adult_frontal_films(shipped, data_dir):
     if not (data_dir / "scope" / "manifest.csv").is_file():
         pytest.skip(f"no out-of-scope films at {data_dir / 'scope'}")

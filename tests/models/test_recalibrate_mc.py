@@ -16,7 +16,7 @@ PER_CLASS = 12
 STALE = {"method": "platt", "scale": 4.0, "bias": 3.0}
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # a whole recalibration over a folder of films
 def test_flag_policy_uses_mc_high_under_the_refitted_calibration(tmp_path, tiny_bundle, monkeypatch):
     data = tmp_path / "data"
     for label, films in (("NORMAL", chest_films(normal=PER_CLASS)), ("PNEUMONIA", chest_films(0, PER_CLASS))):

@@ -107,7 +107,7 @@ print(sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_ap
 """
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # a fresh process loads TensorFlow
 def test_loading_the_models_leaves_numpy_one_blas_thread(tiny_weights):
     """NumPy's idle BLAS threads spin and take the cores from TensorFlow (bench/run's b was 30% slower): in a fresh
     process, as in a worker, loading the models limits BLAS to one thread."""
@@ -131,7 +131,7 @@ print(_pywrap_util_port.IsMklEnabled())
 """
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # a fresh process loads TensorFlow
 def test_the_models_run_on_onednn_kernels_on_every_cpu():
     """TensorFlow enables oneDNN by itself only on AVX-512 VNNI CPUs; on this project's AVX2 hosts its own kernels
     ran the segmenter at 45 images/s against 95 with oneDNN. In a fresh process, importing the models turns it on

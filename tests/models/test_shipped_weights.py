@@ -19,7 +19,7 @@ def pick(folder, count: int) -> list:
     return [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
 
 
-@pytest.mark.slow  # a fresh process loads TensorFlow, or the shipped models run on real films
+@pytest.mark.slow  # the shipped models on real films
 def test_shipped_weights_separate_real_films(data_dir):
     screener = Screener.load(WEIGHTS_DIR)
     assert screener.name == "pneumoscreen-cnn" and "+" in screener.version
