@@ -29,7 +29,6 @@ def dataset(pixels: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROM
     ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
     ds.SOPClassUID = CR_IMAGE_STORAGE
     ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName, ds.PatientID, ds.PatientAge = SECRET_NAME, SECRET_ID, "004Y"
@@ -42,6 +41,7 @@ def dataset(pixels: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROM
     ds.PixelRepresentation = 1 if signed else 0
     for keyword, value in extra.items():
         setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
     return ds
 
