@@ -61,8 +61,11 @@ class Settings:
     batch_size: int = 32
     max_upload_mb: int = 1024
     worker_pool: str = "prefork"
-    worker_concurrency: int = 1
-    # TensorFlow threads in each worker's model process; 0: as many as the machine has cores.
+    # Processes that run the models in one prefork worker: two, so that while one writes its batch's results
+    # or reads the next, the other keeps the cores busy (bench/run: README "Throughput").
+    worker_concurrency: int = 2
+    # TensorFlow threads in each of them; 0: the cores shared out among a prefork worker's processes, all the
+    # cores in a solo or threads worker's one process.
     model_threads: int = 0
     secure_cookies: bool = False
     # A portal session ends after this many minutes without a request.
@@ -97,6 +100,12 @@ class Settings:
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
 
+    def threads_per_model_process(self) -> int:
+        """TensorFlow threads for each process that runs the models; 0 leaves TensorFlow its own (all cores)."""
+        if self.model_threads or self.worker_pool != "prefork":
+            return self.model_threads
+        return max(1, len(os.sched_getaffinity(0)) // self.worker_concurrency)
+
     def with_overrides(self, overrides: Mapping[str, object] | None) -> "Settings":
         return replace(self, **dict(overrides or {}))
 
@@ -123,7 +132,8 @@ class Settings:
             max_upload_mb=_int(env, "PNEUMOSCREEN_MAX_UPLOAD_MB", 1024, 1, 100_000),
             model_threads=_int(env, "PNEUMOSCREEN_MODEL_THREADS", 0, 0, 1024),
             worker_pool=worker_pool,
-            worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 1, 1, 64),
+            worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 2 if worker_pool == "prefork" else 1,
+                                    1, 64),
             secure_cookies=_bool(env, "PNEUMOSCREEN_SECURE_COOKIES", False),
             session_idle_minutes=_int(env, "PNEUMOSCREEN_SESSION_IDLE_MINUTES", 30, 1, 24 * 60),
             proxy_hops=_int(env, "PNEUMOSCREEN_PROXY_HOPS", 0, 0, 5),

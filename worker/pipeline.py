@@ -79,7 +79,7 @@ def _loaded(weights_dir: Path) -> Screener:
 def preload(settings: Settings) -> threading.Thread:
     """Load the models and run them once at the batch size in a daemon thread, so that the first studies after a
     worker starts wait for neither (a few seconds on 2 cores). Called in the process that runs the tasks, after
-    any fork, once per process. PNEUMOSCREEN_MODEL_THREADS is applied first: TensorFlow takes it only before its
+    any fork, once per process. The threads per model process are set first: TensorFlow takes them only before its
     first operation."""
     if os.getpid() in _preloaded:
         return _preloaded[os.getpid()]
@@ -88,11 +88,12 @@ def preload(settings: Settings) -> threading.Thread:
     def run() -> None:
         try:
             try:
-                if settings.model_threads:
+                threads = settings.threads_per_model_process()
+                if threads:
                     import tensorflow as tf
 
-                    tf.config.threading.set_intra_op_parallelism_threads(settings.model_threads)
-                    tf.config.threading.set_inter_op_parallelism_threads(settings.model_threads)
+                    tf.config.threading.set_intra_op_parallelism_threads(threads)
+                    tf.config.threading.set_inter_op_parallelism_threads(threads)
                 screener = _loaded(settings.weights_dir)
             finally:
                 _loading.release()

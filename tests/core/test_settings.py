@@ -41,3 +41,17 @@ def test_dicom_callers_are_read_with_their_departments_and_addresses():
 def test_bad_dicom_callers_stop_the_start(raw, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({"PNEUMOSCREEN_DICOM_CALLERS": raw})
+
+
+@pytest.mark.parametrize("env, concurrency, threads", [
+    ({}, 2, 4),  # a prefork worker: two model processes share the cores out
+    ({"PNEUMOSCREEN_WORKER_CONCURRENCY": "3"}, 3, 2),
+    ({"PNEUMOSCREEN_WORKER_CONCURRENCY": "16"}, 16, 1),  # never none
+    ({"PNEUMOSCREEN_MODEL_THREADS": "5"}, 2, 5),  # said outright: as said
+    ({"PNEUMOSCREEN_WORKER_POOL": "solo"}, 1, 0),  # one process: TensorFlow takes every core itself
+    ({"PNEUMOSCREEN_WORKER_POOL": "threads"}, 1, 0),
+])
+def test_a_workers_model_processes_share_the_cores(monkeypatch, env, concurrency, threads):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)))
+    settings = Settings.from_env(env)
+    assert (settings.worker_concurrency, settings.threads_per_model_process()) == (concurrency, threads)
