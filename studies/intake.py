@@ -21,10 +21,10 @@ logger = logging.getLogger(__name__)
 MAX_STUDIES = 5000
 
 
-def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int,
-                   source: str) -> tuple[Batch | None, list[dict], int]:
+def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int, source: str,
+                   department_id: int | None = None) -> tuple[Batch | None, list[dict], int]:
     """Expand uploaded files and zips, then submit them; returns (batch, rejected, accepted count), the batch None
-    only when nothing was handed over.
+    only when nothing was handed over. `department_id`: the uploader's, when the caller has it at hand.
 
     One file or zip member at a time, from reading to storage: memory holds one member, never all of them.
     """
@@ -37,7 +37,7 @@ def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], use
                 handed_over += 1
                 yield item
 
-    batch, rejected = submit_batch(services, items(), user_id, source)
+    batch, rejected = submit_batch(services, items(), user_id, source, department_id)
     return batch, rejected, handed_over - len(rejected)
 
 
@@ -104,9 +104,9 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
 def _new_batch(session: Session, user_id: int, source: str, department_id: int | None,
                received_at: datetime | None) -> Batch:
     """A new batch, `receiving` until `received_at`; in the uploader's department unless one is given."""
-    uploader = session.get(User, user_id)
-    if department_id is None and uploader is not None:
-        department_id = uploader.department_id
+    if department_id is None:
+        uploader = session.get(User, user_id)
+        department_id = uploader.department_id if uploader is not None else None
     batch = Batch(created_by=user_id, source=source, department_id=department_id, received_at=received_at)
     session.add(batch)
     session.flush()

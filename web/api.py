@@ -51,7 +51,8 @@ def create_batch():
     if not files:
         return _error("no files: send them as multipart form field 'files'", 400)
     batch, rejected, accepted = submit_uploads(
-        current_services(), ((f.filename or "unnamed", f.read()) for f in files), current_user.id, "api")
+        current_services(), ((f.filename or "unnamed", f.read()) for f in files), current_user.id, "api",
+        current_user.department_id)
     if not accepted:  # every file refused: the batch is still recorded with them (GET /batches/<id> lists them)
         return jsonify(id=batch.id if batch else None, status="rejected", total=0, rejected=rejected), 422
     return jsonify(id=batch.id, status=StudyStatus.QUEUED, total=accepted, rejected=rejected), 202

@@ -67,7 +67,8 @@ def upload():
         flash("Choose at least one image, folder or .zip file.", "error")
         return render_template("upload.html", form=form, max_upload_mb=limit), 400
     batch, rejected, accepted = submit_uploads(
-        current_services(), ((f.filename, f.read()) for f in files), current_user.id, "portal")
+        current_services(), ((f.filename, f.read()) for f in files), current_user.id, "portal",
+        current_user.department_id)
     # Refused files are recorded on the batch (studies/rejections.py): its page lists them, grouped by reason.
     flash(f"Batch {batch.id}: {headline(accepted, len(rejected))}.", "error" if not accepted else "info")
     return redirect(url_for("batches.batch", batch_id=batch.id))

@@ -92,7 +92,8 @@ def _store(target_study: str | None):
             items.append(item)
     batch, reasons = None, {}
     if items:
-        batch, rejected = submit_batch(current_services(), items, current_user.id, "dicomweb")
+        batch, rejected = submit_batch(current_services(), items, current_user.id, "dicomweb",
+                                       current_user.department_id)
         reasons = {refused["filename"]: refused["error"] for refused in rejected}
         failed += [(uids, PROCESSING_FAILURE, reasons[item.name]) for uids, item in zip(stored, items)
                    if item.name in reasons]

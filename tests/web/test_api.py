@@ -156,3 +156,25 @@ def test_healthz_is_503_when_the_database_is_unreachable(tmp_path, tiny_weights)
     response = create_app(settings=settings).test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["database"].startswith("unavailable")
+
+
+def test_an_upload_files_its_batch_under_the_uploaders_department_without_reading_the_user_again(app, client):
+    """The request has the uploader (read with the token): the intake takes the department from there, one
+    query an upload fewer (a PACS bridge sends films a few at a time)."""
+    from sqlalchemy import event
+
+    from db.accounts import create_user, ensure_department, issue_token
+    from db.models import Batch
+
+    services = services_of(app)
+    with services.sessions.begin() as session:
+        department = ensure_department(session, "North").id
+        token = issue_token(session, create_user(session, "north", "uploader", None, department_id=department))
+    statements: list[str] = []
+    event.listen(services.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: statements.append(" ".join(statement.split())))
+    response = _upload(client, token, chest_films(normal=2))
+    assert response.status_code == 202
+    assert not [s for s in statements if s.startswith("SELECT") and " FROM users WHERE" in s]
+    with services.sessions() as session:
+        assert session.get(Batch, response.get_json()["id"]).department_id == department
