@@ -194,21 +194,26 @@ def _claim(sessions: sessionmaker[Session], study_ids: list[int], qa_share: floa
     """
     me = current_worker_id()  # whose heartbeat vouches for the claim (worker/heartbeat.py)
     with sessions.begin() as session:
-        session.execute(
-            update(Study)
-            .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED),
-                   Study.attempts >= MAX_ATTEMPTS)
-            .values(status=StudyStatus.ERROR, finished_at=utcnow(),
-                    error=f"gave up after {MAX_ATTEMPTS} attempts (worker crashed on this batch)"))
+        own = session.scalar(select(func.count()).select_from(Study)
+                             .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED)))
         ids = list(study_ids)
-        if fill_to > len(ids):
+        if fill_to > own:
             # The task's own studies that another batch has screened already leave their room to others.
-            own = session.scalar(select(func.count()).select_from(Study)
-                                 .where(Study.id.in_(ids), Study.status.in_(UNFINISHED)))
             ids += session.scalars(
                 select(Study.id).where(Study.status == StudyStatus.QUEUED, Study.duplicate_of_id.is_(None),
                                        Study.attempts < MAX_ATTEMPTS, Study.id.not_in(ids))
                 .order_by(Study.id).limit(fill_to - own).with_for_update(skip_locked=True)).all()
+        if not own and len(ids) == len(study_ids):
+            # Dynamic batching took all its studies and nothing waits: most small uploads' messages end here,
+            # so they end in two reads at most.
+            return []
+        if own:
+            session.execute(
+                update(Study)
+                .where(Study.id.in_(study_ids), Study.status.in_(UNFINISHED),
+                       Study.attempts >= MAX_ATTEMPTS)
+                .values(status=StudyStatus.ERROR, finished_at=utcnow(),
+                        error=f"gave up after {MAX_ATTEMPTS} attempts (worker crashed on this batch)"))
         alive = select(Worker.id).where(Worker.heartbeat_at >= heartbeat_cutoff(heartbeat_s), Worker.id != me)
         claimable = or_(Study.status == StudyStatus.QUEUED,
                         and_(Study.status == StudyStatus.RUNNING,

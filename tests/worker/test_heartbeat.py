@@ -160,3 +160,22 @@ def test_dynamic_batching_fills_a_batch_with_other_uploads_oldest_first(app, use
         {"done": 6, "error": 0, "skipped": 0}
     assert _statuses(services, [i for upload in later for i in upload]) == ["done"] * 6 + ["queued"] * 2
     assert stub_screener.images == 13
+
+
+def test_a_message_whose_studies_another_batch_took_costs_two_reads(app, users, stub_screener):
+    """Most messages of many small uploads find their studies screened in another task's batch: with nothing
+    queued they end in two reads (it took seven statements), and a message as large as the batch size whose
+    studies were taken fills its batch from the queue (it screened nothing)."""
+    from sqlalchemy import event
+
+    services = services_of(app)
+    first, second = _studies(services, 4), _studies(services, 4, seed=60)
+    assert pipeline.run_batch(services.sessions, services.storage, stub_screener, first, fill_to=8)["done"] == 8
+    statements: list[str] = []
+    event.listen(services.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: statements.append(statement))
+    assert pipeline._claim(services.sessions, second, 0.0, 8, 5) == []
+    assert len(statements) <= 2 and not [s for s in statements if s.lstrip().startswith("UPDATE")]
+    waiting = _studies(services, 3, seed=80)
+    claims = pipeline._claim(services.sessions, first, 0.0, 4, 5)  # four of its own, all done: room for four
+    assert [claim.study_id for claim in claims] == waiting
