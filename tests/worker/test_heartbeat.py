@@ -164,7 +164,7 @@ def test_dynamic_batching_fills_a_batch_with_other_uploads_oldest_first(app, use
 
 def test_a_message_whose_studies_another_batch_took_costs_two_reads(app, users, stub_screener):
     """Most messages of many small uploads find their studies screened in another task's batch: with nothing
-    queued they end in two reads (it took seven statements), and a message as large as the batch size whose
+    queued they end in two reads (it took five statements), and a message as large as the batch size whose
     studies were taken fills its batch from the queue (it screened nothing)."""
     from sqlalchemy import event
 
