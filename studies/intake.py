@@ -1,4 +1,5 @@
 """Accept what was handed over as a batch: store each good file, record its study, queue the new ones."""
+import dataclasses
 import logging
 import os
 from datetime import datetime
@@ -7,24 +8,28 @@ from typing import Iterable, Iterator
 from sqlalchemy.orm import Session
 
 from core.services import Services
-from db.models import Batch, Study, StudyStatus, User, utcnow
+from db.models import Batch, StudyStatus, User, utcnow
 from db.session import audit
 from models.dicom import DicomMeta, deidentify, is_dicom
 from models.limits import ImageDecodeError
 from studies.duplicates import link_duplicates
 from studies.files import Item, expand
 from studies.rejections import record_rejections
-from studies.results import attach, refresh_many
+from studies.results import add_images, refresh_many
 
 logger = logging.getLogger(__name__)
+# What a study keeps of its DICOM header, by the names of DicomMeta and the study columns; never patient name or id.
+DICOM_COLUMNS = tuple(field.name for field in dataclasses.fields(DicomMeta))
+# department_id when the caller has not looked it up: the uploader's, read with the batch.
+UPLOADERS = object()
 # Films in one batch (one request, one DICOM study): bounds what one upload costs the queue and reviewers.
 MAX_STUDIES = 5000
 
 
 def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], user_id: int, source: str,
-                   department_id: int | None = None) -> tuple[Batch | None, list[dict], int]:
+                   department_id: int | None | object = UPLOADERS) -> tuple[Batch | None, list[dict], int]:
     """Expand uploaded files and zips, then submit them; returns (batch, rejected, accepted count), the batch None
-    only when nothing was handed over. `department_id`: the uploader's, when the caller has it at hand.
+    only when nothing was handed over. `department_id`: the uploader's (None: none), when the caller has it at hand.
 
     One file or zip member at a time, from reading to storage: memory holds one member, never all of them.
     """
@@ -42,7 +47,8 @@ def submit_uploads(services: Services, uploads: Iterable[tuple[str, bytes]], use
 
 
 def submit_batch(services: Services, items: Iterable[Item], user_id: int, source: str,
-                 department_id: int | None = None, sender: dict | None = None) -> tuple[Batch | None, list[dict]]:
+                 department_id: int | None | object = UPLOADERS,
+                 sender: dict | None = None) -> tuple[Batch | None, list[dict]]:
     """Create a batch of the good items and queue it, the refused ones recorded on it with their reasons;
     returns (batch, rejected items), or (None, []) when nothing was handed over.
 
@@ -101,10 +107,10 @@ def submit_batch(services: Services, items: Iterable[Item], user_id: int, source
     return batch, rejected
 
 
-def _new_batch(session: Session, user_id: int, source: str, department_id: int | None,
+def _new_batch(session: Session, user_id: int, source: str, department_id: int | None | object,
                received_at: datetime | None) -> Batch:
-    """A new batch, `receiving` until `received_at`; in the uploader's department unless one is given."""
-    if department_id is None:
+    """A new batch, `receiving` until `received_at`; in the department given, else in the uploader's."""
+    if department_id is UPLOADERS:
         uploader = session.get(User, user_id)
         department_id = uploader.department_id if uploader is not None else None
     batch = Batch(created_by=user_id, source=source, department_id=department_id, received_at=received_at)
@@ -117,9 +123,7 @@ def _add_studies(session: Session, batch: Batch, entries: list[tuple]) -> list[i
     """Study rows for stored files, with their results and duplicates; returns the ids to queue."""
     if not entries:
         return []
-    studies = [_study(batch.id, *entry) for entry in entries]
-    session.add_all(studies)
-    attach(session, batch, studies)  # each image joins its radiology study; all are flushed then
+    studies = add_images(session, batch, [_study_row(batch.id, *entry) for entry in entries])
     screened = [study for study in studies if study.not_applicable is None]  # ignored: never queued
     held = link_duplicates(session, batch, screened)  # same content as an earlier study: no second inference
     # A film without a StudyInstanceUID got a result of its own just now; while the film waits in the queue that
@@ -145,16 +149,14 @@ def store_original(services: Services, item: Item) -> tuple[str, str]:
     return key, digest
 
 
-def _study(batch_id: int, name: str, meta: DicomMeta | None, key: str, digest: str,
-           not_applicable: str | None = None) -> Study:
-    study = Study(batch_id=batch_id, filename=name[:512], storage_key=key, content_sha256=digest)
+def _study_row(batch_id: int, name: str, meta: DicomMeta | None, key: str, digest: str,
+               not_applicable: str | None = None) -> dict:
+    """The columns of a new study; every row has the same keys, so a chunk goes in as one INSERT."""
+    row = dict(batch_id=batch_id, filename=name[:512], storage_key=key, content_sha256=digest,
+               status=StudyStatus.QUEUED, finished_at=None, not_applicable=not_applicable,
+               **dict.fromkeys(DICOM_COLUMNS))
     if not_applicable is not None:  # accepted and ignored (studies/applicability.py): done, never screened
-        study.status, study.finished_at, study.not_applicable = StudyStatus.DONE, utcnow(), not_applicable
-    if meta is not None:  # DICOM header facts; never patient name or id
-        study.study_instance_uid, study.series_instance_uid = meta.study_instance_uid, meta.series_instance_uid
-        study.sop_instance_uid, study.modality = meta.sop_instance_uid, meta.modality
-        study.view_position, study.patient_age = meta.view_position, meta.patient_age
-        study.body_part, study.accession_number = meta.body_part, meta.accession_number
-        study.study_date, study.acquired_at, study.patient_sex = meta.study_date, meta.acquired_at, meta.patient_sex
-        study.sop_class_uid = meta.sop_class_uid
-    return study
+        row.update(status=StudyStatus.DONE, finished_at=utcnow())
+    if meta is not None:
+        row.update(dataclasses.asdict(meta))
+    return row

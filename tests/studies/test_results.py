@@ -15,7 +15,7 @@ from studies.intake import submit_batch
 from studies.outbound import set_config
 from studies.reviews import record_decision
 from tests.dicom.factory import chest_pixels, dataset, to_bytes
-from tests.helpers import StubScreener, bearer
+from tests.helpers import StubScreener, bearer, chest_film
 from worker import pipeline
 
 UID = "1.2.826.0.1.3680043.8.498.1"
@@ -220,3 +220,30 @@ def test_a_disputed_read_is_not_reported_until_the_third_reader_settles_it(app):
     # The first read finalises; the second contradicts it (a third read opens, nothing new is reported);
     # the third settles it and corrects the report.
     assert reported == [("final", 3, "normal"), ("final", 3, "normal"), ("corrected", 4, "pneumonia")]
+
+
+def test_one_chunk_of_mixed_films_keeps_each_image_with_its_own_study(app):
+    """Two images of one study, a DICOM film without a StudyInstanceUID and a PNG, in one chunk: inserted as sets,
+    each image still gets its own study result, with the header facts of its own file."""
+    services = services_of(app)
+    user = _department_user(services, "North")
+    no_uid = dataset(chest_pixels(), AccessionNumber="ACC-ALONE", StudyDate="20261101")
+    del no_uid.StudyInstanceUID
+    films = {"frontal.dcm": _film("PA", AccessionNumber="ACC-1"), "alone.dcm": to_bytes(no_uid),
+             "lateral.dcm": _film("LL", StudyDate="20261102"), "plain.png": chest_film(fmt="PNG")}
+    batch, rejected = submit_batch(services, [item for name, data in films.items() for item in expand(name, data)],
+                                   user, "api")
+    assert not rejected
+    with services.sessions() as session:
+        images = {image.filename: image for image in session.scalars(select(Study).where(Study.batch_id == batch.id))}
+        results = {name: image.study_result for name, image in images.items()}
+        assert results["frontal.dcm"] is results["lateral.dcm"]
+        assert len({result.id for result in results.values()}) == 3
+        assert (results["frontal.dcm"].study_instance_uid, results["frontal.dcm"].accession_number,
+                results["frontal.dcm"].study_date) == (UID, "ACC-1", "20261102")
+        assert (images["alone.dcm"].accession_number, results["alone.dcm"].accession_number,
+                results["alone.dcm"].study_date, results["alone.dcm"].study_instance_uid) == \
+            ("ACC-ALONE", "ACC-ALONE", "20261101", None)
+        assert (results["plain.png"].accession_number, images["plain.png"].modality) == (None, None)
+        assert images["lateral.dcm"].view_position == "LL" and images["frontal.dcm"].view_position == "PA"
+        assert {result.status for result in results.values()} == {"registered"}

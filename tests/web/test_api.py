@@ -158,9 +158,10 @@ def test_healthz_is_503_when_the_database_is_unreachable(tmp_path, tiny_weights)
     assert response.get_json()["database"].startswith("unavailable")
 
 
-def test_an_upload_files_its_batch_under_the_uploaders_department_without_reading_the_user_again(app, client):
+@pytest.mark.parametrize("in_department", [True, False])
+def test_an_upload_takes_the_uploaders_department_from_the_request(app, client, in_department):
     """The request has the uploader (read with the token): the intake takes the department from there, one
-    query an upload fewer (a PACS bridge sends films a few at a time)."""
+    query an upload fewer (a PACS bridge sends films a few at a time), also for an uploader in no department."""
     from sqlalchemy import event
 
     from db.accounts import create_user, ensure_department, issue_token
@@ -168,7 +169,7 @@ def test_an_upload_files_its_batch_under_the_uploaders_department_without_readin
 
     services = services_of(app)
     with services.sessions.begin() as session:
-        department = ensure_department(session, "North").id
+        department = ensure_department(session, "North").id if in_department else None
         token = issue_token(session, create_user(session, "north", "uploader", None, department_id=department))
     statements: list[str] = []
     event.listen(services.engine, "before_cursor_execute",
