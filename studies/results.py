@@ -60,7 +60,7 @@ def add_images(session: Session, batch: Batch, rows: list[dict]) -> list[Study]:
     Two uploads of one study may arrive at once: the result row is inserted with ON CONFLICT DO NOTHING on its
     key and then read, so both end up in the same row. Images without a StudyInstanceUID are studies of their
     own: their results are inserted first, in one statement, then the images in one more. Set-based inserts, not
-    the ORM's unit of work: a small upload's rows cost half the CPU (bench/run, stage d)."""
+    the ORM's unit of work: a 4-film chunk's rows cost about half the CPU (measured ad hoc: 3.0-3.4 -> 1.6-1.8 ms)."""
     by_key: dict[str, StudyResult] = {}
     alone = []
     for row in rows:
