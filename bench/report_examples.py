@@ -55,7 +55,7 @@ def main() -> None:
             sys.exit(f"{args.film} was refused: {rejected}")
         with services.sessions() as session:
             image_id = session.scalar(select(Study.id).where(Study.batch_id == batch.id))
-        screener = pipeline.load_screener(settings.weights_dir)
+        screener = pipeline.load_screener(settings)
         pipeline.run_batch(services.sessions, services.storage, screener, [image_id])
         with services.sessions.begin() as session:
             image = session.get(Study, image_id)

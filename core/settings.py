@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
+from models.precision import CHOICES as PRECISION_CHOICES
+
 logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +69,9 @@ class Settings:
     # TensorFlow threads in each of them; 0: the cores shared out among a prefork worker's processes, all the
     # cores in a solo or threads worker's one process.
     model_threads: int = 0
+    # What the models compute in (models/precision.py): auto takes bfloat16 on CPUs that multiply it natively
+    # (AMX) and float32 elsewhere; float32 gives the same numbers on every machine.
+    model_precision: str = "auto"
     secure_cookies: bool = False
     # A portal session ends after this many minutes without a request.
     session_idle_minutes: int = 30
@@ -118,6 +123,10 @@ class Settings:
         broker_url = env.get("REDIS_URL") or "filesystem://"
         if not broker_url.startswith(("redis://", "rediss://", "filesystem://")):
             raise ConfigError(f"REDIS_URL must start with redis:// or rediss://, got {broker_url!r}")
+        model_precision = env.get("PNEUMOSCREEN_MODEL_PRECISION", "auto")
+        if model_precision not in PRECISION_CHOICES:
+            raise ConfigError(f"PNEUMOSCREEN_MODEL_PRECISION must be {', '.join(PRECISION_CHOICES)}, "
+                              f"got {model_precision!r}")
         worker_pool = env.get("PNEUMOSCREEN_WORKER_POOL", "prefork")
         if worker_pool not in ("prefork", "solo", "threads"):
             raise ConfigError(f"PNEUMOSCREEN_WORKER_POOL must be prefork, solo or threads, got {worker_pool!r}")
@@ -131,6 +140,7 @@ class Settings:
             batch_size=_int(env, "PNEUMOSCREEN_BATCH_SIZE", 32, 1, 1024),
             max_upload_mb=_int(env, "PNEUMOSCREEN_MAX_UPLOAD_MB", 1024, 1, 100_000),
             model_threads=_int(env, "PNEUMOSCREEN_MODEL_THREADS", 0, 0, 1024),
+            model_precision=model_precision,
             worker_pool=worker_pool,
             worker_concurrency=_int(env, "PNEUMOSCREEN_WORKER_CONCURRENCY", 2 if worker_pool == "prefork" else 1,
                                     1, 64),

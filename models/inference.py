@@ -6,6 +6,7 @@ import numpy as np
 
 from models.calibration import Calibration
 from models.fold import fold_batchnorm
+from models.precision import FLOAT32, in_precision
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +27,12 @@ class EnsembleOutput:
     mc_spread: np.ndarray      # (N,) their std
 
 
-def _member_pass(classifier):
+def _member_pass(classifier, precision: str):
     """(traced forward: crops -> (logits, pooled features, Grad-CAM), MC-dropout kernels, dense bias)."""
     import keras
     import tensorflow as tf
 
-    classifier = fold_batchnorm(classifier)
+    classifier = in_precision(fold_batchnorm(classifier), precision)
     pool = next(layer for layer in classifier.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
     dense = classifier.layers[-1]
     dropout = next((layer for layer in classifier.layers if isinstance(layer, keras.layers.Dropout)), None)
@@ -50,7 +51,8 @@ def _member_pass(classifier):
         with tf.GradientTape() as tape:
             maps, features, logits = head(x, training=False)
             total = tf.reduce_sum(logits)
-        grads = tape.gradient(total, maps)
+        # The last block's maps and their gradients are bfloat16 when the convolutions are: Grad-CAM in float32.
+        grads, maps = tf.cast(tape.gradient(total, maps), tf.float32), tf.cast(maps, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1, keepdims=True))
         cam = tf.image.resize(cam, (size, size), method="bilinear")[..., 0]
@@ -60,15 +62,15 @@ def _member_pass(classifier):
     return forward, mc_kernels, float(bias[0])
 
 
-def ensemble_pass(classifiers: list):
-    """A function (equalized crops (N, S, S), calibration) -> EnsembleOutput.
+def ensemble_pass(classifiers: list, precision: str = FLOAT32):
+    """A function (equalized crops (N, S, S), calibration) -> EnsembleOutput, computed in `precision`.
 
     The ensemble's logit is the mean of its members' logits; features are the members' pooled
     features side by side; the heatmap is the mean of the members' Grad-CAMs. `mc_high` is the
     MC_QUANTILE of the calibrated probabilities over every member and MC_SAMPLES dropout masks
     each (no extra network pass), so both member disagreement and dropout spread raise it.
     """
-    passes = [_member_pass(classifier) for classifier in classifiers]
+    passes = [_member_pass(classifier, precision) for classifier in classifiers]
 
     def run(crops: np.ndarray, calibrate: Calibration) -> EnsembleOutput:
         x = crops[..., None].astype(np.float32)

@@ -14,6 +14,7 @@ from models.imaging import SCREEN_SIDE, ImageDecodeError, decode_image
 from models.inference import ensemble_pass
 from models.limits import MIN_SIDE
 from models.operating_point import OperatingPoint
+from models.precision import FLOAT32
 from models.reasons import FlagReason
 from models.scope import STATS, ScopeModel, image_stats
 from models.segmenter import compiled, predict_masks
@@ -83,8 +84,9 @@ class Screener:
     """Segmenter + classifier ensemble with their metadata; screens batches of decoded films."""
 
     def __init__(self, segmenter, classifiers: list, segmenter_meta: dict, classifier_meta: dict,
-                 scope: ScopeModel | None = None):
+                 scope: ScopeModel | None = None, precision: str = FLOAT32):
         self.segmenter_meta, self.classifier_meta = segmenter_meta, classifier_meta
+        self.precision = precision  # what the models compute in (models/precision.py), recorded with each finding
         self.name: str = classifier_meta["name"]
         self.version: str = classifier_meta["version"]
         self.threshold: float = float(classifier_meta["threshold"])
@@ -99,12 +101,13 @@ class Screener:
         # spin for a while and take the cores from TensorFlow's next operation. On 2 cores the ensemble ran at
         # 178 films/s with them and 312 without (bench/run's b: 86 -> 127 films/s).
         threadpool_limits(1, user_api="blas")
-        self._segment = compiled(segmenter)
-        self._ensemble = ensemble_pass(classifiers)
+        self._segment = compiled(segmenter, precision)
+        self._ensemble = ensemble_pass(classifiers, precision)
 
     @classmethod
-    def load(cls, weights_dir: Path, with_scope: bool = True) -> "Screener":
-        """Load segmenter/classifier .keras + .json and the scope gate (scope.npz) from weights_dir."""
+    def load(cls, weights_dir: Path, with_scope: bool = True, precision: str = FLOAT32) -> "Screener":
+        """Load segmenter/classifier .keras + .json and the scope gate (scope.npz) from weights_dir; the models
+        compute in `precision`, float32 or bfloat16 (models/precision.py)."""
         weights_dir = Path(weights_dir)
         needed = FILES if with_scope else FILES[:-1]
         missing = [name for name in needed if not (weights_dir / name).is_file()]
@@ -122,9 +125,9 @@ class Screener:
         segmenter = keras.models.load_model(weights_dir / "segmenter.keras", compile=False)
         classifiers = [keras.models.load_model(weights_dir / name, compile=False) for name in members]
         screener = cls(segmenter, classifiers, json.loads((weights_dir / "segmenter.json").read_text()),
-                       classifier_meta, ScopeModel.load(weights_dir / "scope.npz") if with_scope else None)
-        logger.info("loaded %s %s (%d member(s), threshold %.3f) from %s", screener.name, screener.version,
-                    len(classifiers), screener.threshold, weights_dir)
+                       classifier_meta, ScopeModel.load(weights_dir / "scope.npz") if with_scope else None, precision)
+        logger.info("loaded %s %s (%d member(s), threshold %.3f, %s) from %s", screener.name, screener.version,
+                    len(classifiers), screener.threshold, precision, weights_dir)
         return screener
 
     def screen(self, images: list[np.ndarray], points: list[OperatingPoint | None] | None = None) -> list[Finding]:
@@ -173,7 +176,7 @@ class Screener:
         prob = float(out.probability[i])
         scope = _scope_at(out, i)
         reasons = self._reasons(out, i, point)
-        details = {"scope": scope, "mc_high": round(float(out.mc_high[i]), 4),
+        details = {"precision": self.precision, "scope": scope, "mc_high": round(float(out.mc_high[i]), 4),
                    "member_spread": round(float(out.member_spread[i]), 4),
                    "mc_spread": round(float(out.mc_spread[i]), 4),
                    "crop_contrast": round(float(out.stats[i][STATS.index("crop_std")]), 4),

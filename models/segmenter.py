@@ -5,18 +5,19 @@ import numpy as np
 
 from models.crop import CropBox, crop_batch, mask_to_box, resize_batch
 from models.fold import fold_batchnorm
+from models.precision import FLOAT32, in_precision
 
 logger = logging.getLogger(__name__)
 
 INPUT_SIZE = 128
 
 
-def compiled(model):
+def compiled(model, precision: str = FLOAT32):
     """A traced-once `model(x, training=False)` for any batch size (no per-call retracing), batch norms
-    folded into their convolutions (models/fold.py)."""
+    folded into their convolutions (models/fold.py), computing in `precision` (models/precision.py)."""
     import tensorflow as tf
 
-    model = fold_batchnorm(model)
+    model = in_precision(fold_batchnorm(model), precision)
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
     return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 

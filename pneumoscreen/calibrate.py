@@ -23,7 +23,7 @@ class Calibrated:
 
 def calibrate_folder(folder: Path, settings: Settings, department: str, miss_rate: float) -> Calibrated:
     """Screen folder/NORMAL and folder/PNEUMONIA, choose the point, store it active; ValueError says what is wrong."""
-    assessment = assess_sample(load_screener(settings.weights_dir), folder_sample(folder), department, miss_rate)
+    assessment = assess_sample(load_screener(settings), folder_sample(folder), department, miss_rate)
     with one_off_session(settings.database_url, write=True) as session:
         record = save_calibration(session, department, assessment, actor_id=None, by=f"cli:{getpass.getuser()}",
                                   accept=True)

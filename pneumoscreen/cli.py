@@ -473,11 +473,11 @@ def evaluate(data: Path, as_json: bool) -> None:
     """Screen DATA/NORMAL and DATA/PNEUMONIA; print AUC, accuracy, sensitivity, specificity and flag shares."""
     import json
 
-    from models.screener import Screener
     from training.evaluate import evaluate_folder, format_report
+    from worker.pipeline import load_screener
 
     try:
-        metrics = evaluate_folder(data, Screener.load(_settings().weights_dir))
+        metrics = evaluate_folder(data, load_screener(_settings()))
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(metrics, indent=2) if as_json else format_report(metrics))

@@ -22,7 +22,7 @@ def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[s
 
     `point` is a department's operating point; None means the shipped one.
     """
-    screener = load_screener(settings.weights_dir)
+    screener = load_screener(settings)
     writer.writerow(columns)
     items, started = walk(paths, settings.routing_rules), time.perf_counter()
     counts = {"done": 0, "error": 0, "not_applicable": 0}

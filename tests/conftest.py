@@ -94,7 +94,7 @@ def stub_screener(monkeypatch) -> StubScreener:
     from worker import pipeline
 
     stub = StubScreener()
-    monkeypatch.setattr(pipeline, "load_screener", lambda weights_dir: stub)
+    monkeypatch.setattr(pipeline, "load_screener", lambda settings: stub)
     return stub
 
 

@@ -31,6 +31,7 @@ from db.session import audit
 from models.crop import FILM_SIZE
 from models.imaging import ImageDecodeError
 from models.operating_point import OperatingPoint
+from models.precision import resolve
 from models.reasons import FlagReason
 from models.screener import Finding, Screener, decode_film
 from studies.calibrations import active_by_department, point_of
@@ -60,20 +61,22 @@ _loading = threading.Lock()
 _preloaded: dict[int, threading.Thread] = {}  # pid -> its preload (the solo pool signals twice)
 
 
-def load_screener(weights_dir: Path) -> Screener:
-    """Load TensorFlow and the weights once per process, on first use (never before a fork)."""
+def load_screener(settings: Settings) -> Screener:
+    """Load TensorFlow and the settings' weights once per process, on first use (never before a fork), to compute
+    in the settings' precision (models/precision.py)."""
     with _loading:
-        return _loaded(weights_dir)
+        return _loaded(settings.weights_dir, settings.model_precision)
 
 
 @functools.cache
-def _loaded(weights_dir: Path) -> Screener:
+def _loaded(weights_dir: Path, precision: str) -> Screener:
     import tensorflow as tf
 
     # TensorFlow places the models on a GPU by itself when it sees one; say which it is.
     gpus = tf.config.list_physical_devices("GPU")
-    logger.info("screening on %s", ", ".join(gpu.name for gpu in gpus) if gpus else "CPU")
-    return Screener.load(weights_dir)
+    precision = resolve(precision)
+    logger.info("screening on %s in %s", ", ".join(gpu.name for gpu in gpus) if gpus else "CPU", precision)
+    return Screener.load(weights_dir, precision=precision)
 
 
 def preload(settings: Settings) -> threading.Thread:
@@ -94,7 +97,7 @@ def preload(settings: Settings) -> threading.Thread:
 
                     tf.config.threading.set_intra_op_parallelism_threads(threads)
                     tf.config.threading.set_inter_op_parallelism_threads(threads)
-                screener = _loaded(settings.weights_dir)
+                screener = _loaded(settings.weights_dir, settings.model_precision)
             finally:
                 _loading.release()
             screener.run(np.zeros((settings.batch_size, FILM_SIZE, FILM_SIZE), np.float32))

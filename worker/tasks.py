@@ -39,7 +39,7 @@ def screen_studies(self, study_ids: list[int]) -> dict:
     token = bind(task_id=self.request.id, first_study=min(study_ids), studies=len(study_ids))
     try:
         with counted(self):
-            screener = pipeline.load_screener(services.settings.weights_dir)
+            screener = pipeline.load_screener(services.settings)
             # Queued studies of other uploads fill the batch up to the batch size (dynamic batching).
             return pipeline.run_batch(services.sessions, services.storage, screener, study_ids,
                                       qa_share=services.settings.qa_share, fill_to=services.settings.batch_size,
@@ -53,5 +53,5 @@ def calibrate_sample(self, storage_key: str, filename: str, department: str, mis
     """Screen a labelled zip from the portal and store the operating point it proposes."""
     services = current_services()
     with counted(self):
-        screener = pipeline.load_screener(services.settings.weights_dir)
+        screener = pipeline.load_screener(services.settings)
         propose_from_zip(services, screener, storage_key, filename, department, miss_rate, actor_id)

@@ -55,3 +55,10 @@ def test_a_workers_model_processes_share_the_cores(monkeypatch, env, concurrency
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)))
     settings = Settings.from_env(env)
     assert (settings.worker_concurrency, settings.threads_per_model_process()) == (concurrency, threads)
+
+
+def test_the_model_precision_is_auto_unless_set_and_a_wrong_one_stops_the_start():
+    assert Settings.from_env({}).model_precision == "auto"
+    assert Settings.from_env({"PNEUMOSCREEN_MODEL_PRECISION": "float32"}).model_precision == "float32"
+    with pytest.raises(ConfigError, match="PNEUMOSCREEN_MODEL_PRECISION must be auto, float32, bfloat16, got 'fp16'"):
+        Settings.from_env({"PNEUMOSCREEN_MODEL_PRECISION": "fp16"})

@@ -34,7 +34,7 @@ def screened(app, users, caplog):
     services = services_of(app)
     with services.sessions() as session:
         ids = {s.filename.split("/", 1)[1]: s.id for s in session.scalars(select(Study)).all()}
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
     # The CT is not applicable (studies/applicability.py): done at intake, never screened.
     assert pipeline.run_batch(services.sessions, services.storage, screener, list(ids.values()))["done"] == 3
     return client, services, ids, response.get_json()["id"]

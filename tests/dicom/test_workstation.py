@@ -18,7 +18,7 @@ def test_review_page_heatmap_toggle_and_keys(app, users):
     services = services_of(app)
     with services.sessions() as session:
         study_id = session.scalars(select(Study.id)).one()
-    pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir),
+    pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings),
                        [study_id])
     login(client, "reviewer", "reviewer-password")
     page = client.get(f"/review/{study_id}").get_data(as_text=True)

@@ -33,7 +33,7 @@ def _upload(client, token, files: dict[str, bytes]) -> int:
 
 def test_same_file_twice_is_screened_once_and_both_answered(app, users):
     services, client = services_of(app), app.test_client()
-    screener = CountingScreener(pipeline.load_screener(services.settings.weights_dir))
+    screener = CountingScreener(pipeline.load_screener(services.settings))
     first, other = encode(film(seed=11), "PNG"), encode(film(seed=12), "PNG")
 
     batch_one = _upload(client, users["uploader"], {"a.png": first, "b.png": other, "a-again.png": first})
@@ -69,6 +69,6 @@ def test_a_copy_waiting_on_its_original_ends_with_it(app, users):
     with services.sessions() as session:
         original = session.scalar(select(Study.id).where(Study.batch_id == first))
     pipeline.run_batch(services.sessions, services.storage,
-                       pipeline.load_screener(services.settings.weights_dir), [original])
+                       pipeline.load_screener(services.settings), [original])
     answered = client.get(f"/api/v1/batches/{second}", headers=bearer(users["uploader"])).get_json()
     assert answered["status"] == "done" and answered["studies"][0]["probability"] is not None

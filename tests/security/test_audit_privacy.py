@@ -75,7 +75,7 @@ def test_stored_files_are_not_reachable_without_authorization(app, users):
     with services.sessions() as session:
         study = session.scalar(select(Study).where(Study.batch_id == response.get_json()["id"]))
     pipeline.run_batch(services.sessions, services.storage,
-                       pipeline.load_screener(services.settings.weights_dir), [study.id])
+                       pipeline.load_screener(services.settings), [study.id])
     key = study.storage_key
     for path in (f"/{key}", f"/studies/{key}", f"/static/../{key}", f"/static/..%2F..%2Fvar/studies/{key}",
                  f"/studies/{study.id}/../../{key}", f"/studies/{study.id}/original.png",

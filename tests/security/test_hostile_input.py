@@ -88,7 +88,7 @@ def test_whole_corpus_in_one_upload(app, users, capsys):
     with services.sessions() as session:
         ids = session.scalars(select(Study.id).where(Study.batch_id == body["id"])).all()
     pipeline.run_batch(services.sessions, services.storage,
-                       pipeline.load_screener(services.settings.weights_dir), list(ids))
+                       pipeline.load_screener(services.settings), list(ids))
     batch = client.get(f"/api/v1/batches/{body['id']}", headers=bearer(users["uploader"])).get_json()
     by_name = {study["filename"]: study for study in batch["studies"]}
     for name, _, reason in inside:

@@ -159,7 +159,7 @@ def test_pictures_nobody_opened_yet_are_made_before_the_original_goes(app, users
     with services.sessions() as session:
         user_id = session.scalar(select(User.id).where(User.username == "uploader"))
     study_id = _submit(services, user_id, {"old.jpeg": chest_film(71)})["old.jpeg"]
-    pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings.weights_dir),
+    pipeline.run_batch(services.sessions, services.storage, pipeline.load_screener(services.settings),
                        [study_id])
     assert not services.storage.has_derived(study_id, "view") and services.storage.has_derived(study_id, "attention")
     _finish(services, [study_id], 40)

@@ -20,7 +20,7 @@ def test_the_sample_is_deleted_after_its_proposal_or_its_failure(app):
     services = services_of(app)
     with services.sessions.begin() as session:
         admin = create_user(session, "chief", "admin", None).id
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
     good, _ = services.storage.put_original(_sample(25, 25, seed=0))
     poor, _ = services.storage.put_original(_sample(3, 3, seed=1))
 

@@ -92,7 +92,7 @@ def test_review_flow_is_stored_audited_and_append_only(app, client, users, stub_
     body = _upload(client, users["uploader"], chest_films(normal=2, pneumonia=1)).get_json()
     with services.sessions() as session:
         ids = dict(session.execute(select(Study.filename, Study.id).where(Study.batch_id == body["id"])).all())
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
     assert screener is stub_screener
     pipeline.run_batch(services.sessions, services.storage, screener, list(ids.values()))
     with services.sessions() as session:

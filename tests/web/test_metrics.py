@@ -95,7 +95,7 @@ def test_metrics_follow_the_database(app, users):
     with services.sessions() as session:  # its stored file lost (a broken volume): the worker ends it in error
         lost = session.scalar(select(Study).where(Study.filename.like("%lost.dcm")))
         services.storage.path(lost.storage_key).unlink()
-    _screen(app, pipeline.load_screener(services.settings.weights_dir))
+    _screen(app, pipeline.load_screener(services.settings))
     families = scrape(client)
     after = samples(families)
     assert after[("pneumoscreen_queue_depth", ())] == 0

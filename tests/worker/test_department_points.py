@@ -37,7 +37,7 @@ def test_each_department_screens_with_its_own_point(app):
         assert batch is not None and rejected == []
     with services.sessions() as session:
         ids = session.scalars(select(Study.id)).all()
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
     assert pipeline.run_batch(services.sessions, services.storage, screener, ids)["done"] == 9
 
     with services.sessions() as session:

@@ -3,6 +3,7 @@ import numpy as np
 from PIL import Image
 
 from models.imaging import check_image
+from models.screener import Screener
 from tests.dicom.factory import dataset, to_bytes
 from tests.helpers import chest_film, png_bytes
 from worker import pipeline
@@ -13,7 +14,7 @@ def _narrow_png() -> bytes:
 
 
 def test_a_film_that_decodes_too_narrow_fails_alone(tiny_weights):
-    screener = pipeline.load_screener(tiny_weights)
+    screener = Screener.load(tiny_weights)
     outcomes = pipeline.screen_files(screener, [chest_film(0), _narrow_png(), chest_film(1)])
     assert [outcome.finding is not None for outcome in outcomes] == [True, False, True]
     assert "too small" in outcomes[1].error and outcomes[1].error.startswith("cannot screen the decoded film")

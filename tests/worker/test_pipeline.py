@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from core.services import services_of
 from db.models import AuditEvent, Batch, Prediction, ReviewFlag, Study, User
 from models.reasons import FlagReason
+from models.screener import Screener
 from studies.pictures import picture
 from tests.helpers import chest_film, chest_films, png_bytes
 from worker import pipeline
@@ -38,7 +39,7 @@ def test_run_batch_stores_results_errors_and_pictures(services):
     films = chest_films(normal=2, pneumonia=1)
     wide = png_bytes((np.random.default_rng(0).random((300, 700)) * 65535).astype(np.uint16))
     ids = _add_studies(services, {**films, "wide16.png": wide, "broken.jpeg": films[next(iter(films))][:300]})
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
 
     counts = pipeline.run_batch(services.sessions, services.storage, screener, ids)
 
@@ -85,7 +86,7 @@ def test_flags_come_from_the_findings_and_are_audited(services, stub_screener):
 
 def test_running_a_batch_twice_adds_nothing(services):
     ids = _add_studies(services, chest_films(normal=2))
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
     pipeline.run_batch(services.sessions, services.storage, screener, ids)
 
     again = pipeline.run_batch(services.sessions, services.storage, screener, ids)
@@ -99,7 +100,7 @@ def test_a_study_that_keeps_crashing_workers_ends_in_error(services):
     ids = _add_studies(services, {"film.jpeg": chest_film()})
     with services.sessions.begin() as session:
         session.get(Study, ids[0]).attempts = pipeline.MAX_ATTEMPTS
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
 
     pipeline.run_batch(services.sessions, services.storage, screener, ids)
 
@@ -112,7 +113,7 @@ def test_missing_stored_file_is_an_error_not_a_crash(services):
     ids = _add_studies(services, chest_films(normal=2))
     with services.sessions() as session:
         services.storage.path(session.get(Study, ids[0]).storage_key).unlink()
-    screener = pipeline.load_screener(services.settings.weights_dir)
+    screener = pipeline.load_screener(services.settings)
 
     counts = pipeline.run_batch(services.sessions, services.storage, screener, ids)
 
@@ -122,7 +123,7 @@ def test_missing_stored_file_is_an_error_not_a_crash(services):
 
 
 def test_screen_files_keeps_order_with_bad_items_between_good_ones(tiny_weights):
-    screener = pipeline.load_screener(tiny_weights)
+    screener = Screener.load(tiny_weights)
     good = png_bytes(np.full((64, 80), 128, np.uint8))
     outcomes = pipeline.screen_files(screener, [good, b"", b"not an image", good])
     assert [o.error is None for o in outcomes] == [True, False, False, True]
@@ -136,21 +137,22 @@ logging.basicConfig(level=logging.INFO)
 from core.settings import Settings
 from worker import pipeline
 settings = Settings.from_env({"PNEUMOSCREEN_WEIGHTS_DIR": sys.argv[1], "PNEUMOSCREEN_MODEL_THREADS": "1",
-                              "PNEUMOSCREEN_BATCH_SIZE": "4", "PNEUMOSCREEN_DATA_DIR": sys.argv[2]})
+                              "PNEUMOSCREEN_BATCH_SIZE": "4", "PNEUMOSCREEN_DATA_DIR": sys.argv[2],
+                              "PNEUMOSCREEN_MODEL_PRECISION": "bfloat16"})
 thread = pipeline.preload(settings)
 assert pipeline.preload(settings) is thread  # once per process (the solo pool signals twice)
-screener = pipeline.load_screener(settings.weights_dir)  # a task arriving at once waits for the preload
+screener = pipeline.load_screener(settings)  # a task arriving at once waits for the preload
 thread.join()
 import tensorflow as tf
 print(tf.config.threading.get_intra_op_parallelism_threads(), pipeline._loaded.cache_info().misses,
-      screener is pipeline.load_screener(settings.weights_dir))
+      screener is pipeline.load_screener(settings), screener.precision)
 """
 
 
 @pytest.mark.slow
-def test_preload_sets_the_model_threads_and_a_task_waits_for_it(tiny_weights, tmp_path):
+def test_preload_sets_the_model_threads_and_precision_and_a_task_waits_for_it(tiny_weights, tmp_path):
     """In a fresh process, as in a worker's pool child: the threads are set before TensorFlow's first operation,
-    the models load once, and a task that comes meanwhile gets the preloaded ones."""
+    the models load once, in the settings' precision, and a task that comes meanwhile gets the preloaded ones."""
     import subprocess
     import sys
     from pathlib import Path
@@ -159,5 +161,5 @@ def test_preload_sets_the_model_threads_and_a_task_waits_for_it(tiny_weights, tm
     done = subprocess.run([sys.executable, "-c", PRELOAD, str(tiny_weights), str(tmp_path)], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-3:] == ["1", "1", "True"], done.stdout
+    assert done.stdout.split()[-4:] == ["1", "1", "True", "bfloat16"], done.stdout
     assert "models loaded and run once at batch size 4" in done.stderr
