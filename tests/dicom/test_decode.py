@@ -53,6 +53,16 @@ def test_rescale_and_window_map_to_the_window():
     assert abs(float(decode_dicom(to_bytes(ds))[48, 24]) - 0.5) < 0.01  # lungs in the middle of the window
 
 
+def test_the_narrowest_window_is_a_step_even_at_its_centre():
+    """Width 1 is the standard's narrowest window: a step at centre - 0.5. The linear formula divided by zero
+    there, and a pixel on the step became NaN, which failed the whole film."""
+    pixels = chest_pixels(bits=12)  # lungs 819, body 3276; with slope 0.5: lungs 409.5, body 1638
+    ds = dataset(pixels, RescaleSlope=0.5, RescaleIntercept=0, WindowCenter=410, WindowWidth=1)
+    out = decode_dicom(to_bytes(ds))
+    assert np.isfinite(out).all() and set(np.unique(out)) <= {0.0, 1.0}
+    assert out[48, 24] == 0.0 and out[48, 40] == 1.0  # lungs on the step: black; body above it: white
+
+
 def test_voi_lut_sequence_is_applied():
     item = Dataset()
     item.LUTDescriptor = [4096, 0, 8]
