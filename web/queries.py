@@ -121,6 +121,8 @@ def study_json(study: Study) -> dict:
         "prediction": prediction.prediction if prediction else None,
         "threshold": prediction.threshold if prediction else None,
         "model_version": prediction.model_version if prediction else None,
+        # What the models computed in, float32 or bfloat16 (models/precision.py); None: not recorded.
+        "model_precision": (prediction.details or {}).get("precision") if prediction else None,
         # The department operating point (site_calibrations row) behind the call; None: the shipped one.
         "site_calibration_id": prediction.site_calibration_id if prediction else None,
         "flagged": flag is not None, "flag_reasons": list(flag.reasons) if flag else [],

@@ -122,6 +122,18 @@ def test_missing_stored_file_is_an_error_not_a_crash(services):
         assert session.get(Study, ids[0]).error == "stored file is missing"
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_each_result_records_the_precision_its_models_computed_in(services, tiny_weights, precision):
+    from web.queries import study_json
+
+    ids = _add_studies(services, chest_films(normal=1, pneumonia=1))
+    pipeline.run_batch(services.sessions, services.storage, Screener.load(tiny_weights, precision=precision), ids)
+    with services.sessions() as session:
+        studies = session.scalars(select(Study).where(Study.id.in_(ids))).all()
+        assert [study.prediction.details["precision"] for study in studies] == [precision] * 2
+        assert [study_json(study)["model_precision"] for study in studies] == [precision] * 2
+
+
 def test_screen_files_keeps_order_with_bad_items_between_good_ones(tiny_weights):
     screener = Screener.load(tiny_weights)
     good = png_bytes(np.full((64, 80), 128, np.uint8))
