@@ -41,7 +41,7 @@ def screen_to_csv(paths: list[Path], settings: Settings, writer, columns: list[s
     total = sum(counts.values())
     return (f"\n{total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.1f} images/s): "
             f"{counts['done']} done, {counts['error']} error, {counts['not_applicable']} not applicable (not "
-            f"screened: studies/applicability.py); model {screener.name} {screener.version}")
+            f"screened: studies/applicability.py); model {screener.name} {screener.version} in {screener.precision}")
 
 
 def _row(item: Item, outcome: Outcome | None) -> list[str]:

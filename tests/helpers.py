@@ -85,7 +85,7 @@ class StubScreener:
     record path (worker.pipeline._store_finding -> studies.scope.scope_reasons).
     """
 
-    name, version, threshold = "stub", "0.0.0+stub", 0.5
+    name, version, threshold, precision = "stub", "0.0.0+stub", 0.5, "float32"
 
     def __init__(self):
         self.images = 0

@@ -35,7 +35,8 @@ def test_screen_a_folder_recursively_with_a_corrupt_file(tmp_path, env):
     (folder / "ct.dcm").write_bytes(to_bytes(dataset(chest_pixels(), modality="CT", view=None)))
     out = tmp_path / "results.csv"
 
-    result = CliRunner().invoke(main, ["screen", str(folder), "--csv", str(out)], env=env)
+    result = CliRunner().invoke(main, ["screen", str(folder), "--csv", str(out)],
+                                env={**env, "PNEUMOSCREEN_MODEL_PRECISION": "bfloat16"})
 
     assert result.exit_code == 0, result.output
     rows = _rows(out)
@@ -51,6 +52,7 @@ def test_screen_a_folder_recursively_with_a_corrupt_file(tmp_path, env):
         assert row["status"] == "done" and row["prediction"] in ("NORMAL", "PNEUMONIA")
         assert 0 <= float(row["probability"]) <= 1 and row["flagged"] in ("true", "false")
     assert "6 images" in result.output and "4 done, 1 error, 1 not applicable" in result.output
+    assert "model tiny-cnn 0.0.0+tiny in bfloat16" in result.output  # the setting reaches the models
 
 
 def test_screen_a_zip_and_a_missing_path_to_stdout(tmp_path, env):
