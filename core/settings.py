@@ -6,12 +6,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
-from models.precision import CHOICES as PRECISION_CHOICES
-
 logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_DIR = PACKAGE_ROOT / "models" / "weights"
+# PNEUMOSCREEN_MODEL_PRECISION's values: models.precision.CHOICES (core imports nothing of ours; a test checks).
+PRECISION_CHOICES = ("auto", "float32", "bfloat16")
 
 
 class ConfigError(RuntimeError):

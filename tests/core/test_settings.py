@@ -58,6 +58,10 @@ def test_a_workers_model_processes_share_the_cores(monkeypatch, env, concurrency
 
 
 def test_the_model_precision_is_auto_unless_set_and_a_wrong_one_stops_the_start():
+    from core.settings import PRECISION_CHOICES
+    from models.precision import CHOICES
+
+    assert PRECISION_CHOICES == CHOICES  # the settings accept what the models know
     assert Settings.from_env({}).model_precision == "auto"
     assert Settings.from_env({"PNEUMOSCREEN_MODEL_PRECISION": "float32"}).model_precision == "float32"
     with pytest.raises(ConfigError, match="PNEUMOSCREEN_MODEL_PRECISION must be auto, float32, bfloat16, got 'fp16'"):
