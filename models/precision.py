@@ -1,7 +1,7 @@
 """The number format the models compute in: float32, or bfloat16 where the CPU multiplies it natively.
 
 On a CPU with AMX tiles (Intel Xeon since Sapphire Rapids) oneDNN runs bfloat16 convolutions on them. On
-2 such cores the shipped models ran 2.0-2.1x faster, and on 1,000 training films 99.9% of calls and 99.7%
+2 such cores `Screener.screen` ran 1.85-2.12x faster, and on 1,000 training films 99.9% of calls and 99.7%
 of flag decisions were the same as in float32, with the same AUC to four decimals (README "Model
 precision"). Elsewhere bfloat16 is emulated and slower, so `auto` takes it only with AMX and no GPU.
 
